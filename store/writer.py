@@ -1,0 +1,308 @@
+"""Writing a store: the coordinator creates it, each writer appends videos to the part it owns.
+
+    create_store(path, spec)                      # once, by the coordinator (idempotent for the same spec)
+    with PartWriter(path, "p0000") as w:          # one per process / task; nobody else writes this part
+        done = w.committed_ids()                  # resume: skip these
+        w.add(video, views)                       # buffered; committed once every row is on disk
+        w.fail(video_id, path, stage, error)
+    finalize(path)                                # coordinator: index arrays + "complete" flag
+
+Durability: rows are written whole-shard at a time (a shard is the unit of writing; writers never
+share one), plus a partial flush every ``commit_interval_s`` so a killed run loses at most that much
+work. A video's commit line is appended only after all its rows are written; a line is checksummed so
+a torn last line is ignored. Reopening a part truncates rows past the last committed video.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.errors import InvalidIdError, NotAStoreError, StoreError, StoreMismatchError
+from store import codecs, layout
+from store.index import read_log, write_log_line
+from store.rows import RowArray
+from store.schema import StoreSpec, TensorSpec, check_format, diff
+
+PACKAGE_VERSION = "0.1.0"
+
+
+@dataclass
+class ViewRows:
+    """The rows of one view of one video: per-frame tensors plus per-frame metadata."""
+
+    view: int
+    tensors: dict[str, Any]  # name -> [n, *shape] float array/tensor, or (q int8, scale fp16) if pre-quantised
+    time_s: np.ndarray  # [n] float64
+    frame_index: np.ndarray  # [n] int64
+    padded: np.ndarray | None = None  # [n] bool
+    meta: dict[str, Any] = field(default_factory=dict)  # crop, temporal/spatial position...
+
+
+@dataclass
+class VideoEntry:
+    id: str
+    label: int  # class index, -1 when unlabelled
+    source: str
+    fps: float
+    num_frames: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_id(video_id: str) -> str:
+    """Refuse ids that could escape the store directory or break the index."""
+    bad = (not video_id or len(video_id) > 200 or "/" in video_id or "\\" in video_id
+           or video_id in (".", "..") or ".." in video_id or any(ord(c) < 32 for c in video_id))
+    if bad:
+        raise InvalidIdError(
+            f"video id {video_id!r} is not allowed: ids must be 1-200 characters without '/', '\\', '..' "
+            "or control characters. Give the video an explicit safe `id` in the source list."
+        )
+    return video_id
+
+
+def create_store(path: str | os.PathLike[str], spec: StoreSpec, *, overwrite: bool = False,
+                 frozen: dict[str, np.ndarray] | None = None) -> None:
+    """Create the store, or check that an existing one was made with the same spec.
+
+    Raises:
+        StoreMismatchError: the store exists with another feature config (listing the differences),
+            unless ``overwrite`` is set, which deletes it and starts anew.
+        NotAStoreError: the path exists, is not empty, and is not a twostage store (never deleted).
+    """
+    root = Path(path)
+    if root.exists() and any(root.iterdir()):
+        attrs = read_root_attrs(root)  # raises NotAStoreError for foreign folders
+        check_format(attrs, str(root))
+        if attrs["fingerprint"] == spec.fingerprint:
+            return
+        if not overwrite:
+            changes = diff(StoreSpec.from_json(attrs).identity(), spec.identity())
+            raise StoreMismatchError(
+                f"store {root} was extracted with another config ({len(changes)} differences: "
+                + "; ".join(changes[:8]) + ("; ..." if len(changes) > 8 else "")
+                + "). Use another store path, or start anew with store.overwrite=true (deletes its "
+                f"{count_committed(root)} committed videos)."
+            )
+        shutil.rmtree(root)
+    group = zarr.create_group(store=str(root), zarr_format=3, overwrite=True,
+                              attributes={layout.ATTRS_KEY: spec.to_json(PACKAGE_VERSION) | {"complete": None}})
+    group.require_group(layout.PARTS_GROUP)
+    frozen_group = group.require_group(layout.FROZEN_GROUP)
+    for name, value in (frozen or {}).items():
+        frozen_group.create_array(name, data=np.asarray(value, dtype=np.float32), overwrite=True)
+
+
+def read_root_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        group = zarr.open_group(store=str(path), mode="r", use_consolidated=False)
+        attrs = group.attrs.asdict().get(layout.ATTRS_KEY)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+        raise NotAStoreError(f"{path} is not a twostage store ({type(e).__name__}). Point to the folder "
+                             "that `twostage extract` wrote (the `store` key of the extract config).") from None
+    if not isinstance(attrs, dict):
+        raise NotAStoreError(f"{path} is a zarr group but not a twostage store (no '{layout.ATTRS_KEY}' "
+                             "attributes). Point to a store written by `twostage extract`.")
+    return attrs
+
+
+def count_committed(path: str | os.PathLike[str]) -> int:
+    parts = Path(path) / layout.PARTS_GROUP
+    return sum(len(read_log(p / layout.COMMITS_FILE)[0]) for p in parts.iterdir() if p.is_dir()) \
+        if parts.is_dir() else 0
+
+
+def set_complete(path: str | os.PathLike[str], summary: dict[str, Any] | None) -> None:
+    """Mark the store complete (with a summary) or, with ``None``, in progress. Coordinator only."""
+    group = zarr.open_group(store=str(path), mode="r+", use_consolidated=False)
+    attrs = dict(group.attrs.asdict()[layout.ATTRS_KEY])
+    attrs["complete"] = summary
+    group.attrs.update({layout.ATTRS_KEY: attrs})
+
+
+class PartWriter:
+    """Appends committed videos to one part of a store; the only writer of that part."""
+
+    def __init__(self, path: str | os.PathLike[str], part: str, *, shard_mb: float | None = None,
+                 commit_interval_s: float = 30.0, steal_lock: bool = False) -> None:
+        self.path = Path(path)
+        attrs = read_root_attrs(self.path)
+        check_format(attrs, str(self.path))
+        self.spec = StoreSpec.from_json(attrs)
+        self.part = part
+        self.dir = self.path / layout.part_path(part)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _acquire_lock(self.dir / layout.LOCK_FILE, steal_lock)
+        self.commit_interval_s = commit_interval_s
+        storage = self.spec.storage
+        shard_bytes = int((shard_mb or storage.get("shard_mb", 64)) * (1 << 20))
+        group = zarr.open_group(store=str(self.path), mode="r+", use_consolidated=False)
+        part_group = group.require_group(layout.part_path(part))
+        self._arrays = _open_arrays(part_group, self.spec, storage.get("compression", "zstd"), shard_bytes)
+        self._committed, self._next_row = self._resume()
+        self._pending: list[tuple[int, dict[str, Any]]] = []  # (end row, commit record)
+        self._last_commit = time.monotonic()
+
+    # -- public API -------------------------------------------------------------------------------
+    def committed_ids(self) -> set[str]:
+        return set(self._committed)
+
+    def add(self, video: VideoEntry, views: list[ViewRows]) -> None:
+        """Buffer all views of a video; it is committed (visible) once every row is on disk."""
+        validate_id(video.id)
+        if video.id in self._committed or any(p[1]["id"] == video.id for p in self._pending):
+            raise StoreError(f"video {video.id!r} is already in part {self.part}; ids must be unique")
+        if not views:
+            raise StoreError(f"video {video.id!r} has no views to store")
+        record_views, checksum = [], codecs.Checksum()
+        for v in views:
+            columns = self._columns(video.id, v)
+            n = len(v.time_s)
+            record_views.append({"view": v.view, "row_start": self._next_row, "n_rows": n, **v.meta})
+            for name, col in sorted(columns.items()):
+                checksum.update(f"{v.view}/{name}", col)
+                self._arrays[name].append(col)
+            self._next_row += n
+        record = {"id": video.id, "label": int(video.label), "source": video.source, "fps": float(video.fps),
+                  "num_frames": int(video.num_frames), "views": record_views, "meta": video.meta,
+                  "checksum": {"algo": codecs.Checksum.algo, "value": checksum.hexdigest()}}
+        self._pending.append((self._next_row, record))
+        if time.monotonic() - self._last_commit > self.commit_interval_s:
+            self.flush()
+        else:
+            self._commit_durable()
+
+    def fail(self, video_id: str, source: str, stage: str, error: str) -> None:
+        write_log_line(self.dir / layout.FAILURES_FILE, {"id": video_id, "source": source, "stage": stage,
+                                                         "error": error[:2000], "time": time.time()})
+
+    def flush(self) -> None:
+        """Write every buffered row (partial shards included) and commit what is complete."""
+        for arr in self._arrays.values():
+            arr.flush_partial()
+        self._commit_durable()
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        if self._lock is None:
+            return
+        self.flush()
+        self._lock.unlink(missing_ok=True)
+        self._lock = None
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------------
+    def _columns(self, video_id: str, v: ViewRows) -> dict[str, np.ndarray]:
+        n = len(v.time_s)
+        cols: dict[str, np.ndarray] = {
+            "time_s": np.asarray(v.time_s, dtype=np.float64),
+            "frame_index": np.asarray(v.frame_index, dtype=np.int64),
+            "padded": np.zeros(n, bool) if v.padded is None else np.asarray(v.padded, dtype=bool),
+        }
+        missing = [t.name for t in self.spec.tensors if t.name not in v.tensors]
+        if missing:
+            raise StoreMismatchError(f"video {video_id!r} view {v.view} lacks tensors {missing}")
+        for t in self.spec.tensors:
+            cols.update(_stored_form(t, v.tensors[t.name], n, video_id))
+        for name, col in cols.items():
+            if len(col) != n:
+                raise StoreMismatchError(f"video {video_id!r} view {v.view}: {name} has {len(col)} rows, "
+                                         f"expected {n} (one per stored frame)")
+        return cols
+
+    def _commit_durable(self) -> None:
+        durable = min(a.written for a in self._arrays.values())
+        while self._pending and self._pending[0][0] <= durable:
+            _, record = self._pending.pop(0)
+            write_log_line(self.dir / layout.COMMITS_FILE, record)
+            self._committed.add(record["id"])
+
+    def _resume(self) -> tuple[set[str], int]:
+        records, _ = read_log(self.dir / layout.COMMITS_FILE, repair=True)
+        end = max((v["row_start"] + v["n_rows"] for r in records for v in r["views"]), default=0)
+        for arr in self._arrays.values():
+            arr.reset(end)
+        return {r["id"] for r in records}, end
+
+
+def _stored_form(t: TensorSpec, value: Any, n: int, video_id: str) -> dict[str, np.ndarray]:
+    """The arrays a tensor is stored as: float16 values, or int8 values plus a float16 scale."""
+    if t.quantised:
+        q, scale = value if isinstance(value, tuple) else codecs.quantise_int8(value)
+        q, scale = _to_numpy(q).astype(np.int8, copy=False), _to_numpy(scale).astype(np.float16, copy=False)
+        out = {t.name: q, t.name + layout.SCALE_SUFFIX: scale}
+    else:
+        out = {t.name: _to_numpy(value).astype(np.float16, copy=False)}
+    if tuple(out[t.name].shape[1:]) != t.shape:
+        raise StoreMismatchError(f"video {video_id!r}: tensor {t.name} has per-frame shape "
+                                 f"{tuple(out[t.name].shape[1:])}, the store expects {t.shape}")
+    return out
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if codecs._is_torch(x):
+        x = x.detach().cpu()
+        return x.numpy() if str(x.dtype) != "torch.bfloat16" else x.float().numpy()
+    return np.asarray(x)
+
+
+def _open_arrays(group: zarr.Group, spec: StoreSpec, compression: str, shard_bytes: int) -> dict[str, RowArray]:
+    wanted: dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]] = {
+        name: ((), dtype, ("row",)) for name, dtype in layout.ROW_ARRAYS.items()
+    }
+    for t in spec.tensors:
+        wanted[t.name] = (t.shape, t.dtype, layout.tensor_dims(t.name, t.kind, len(t.shape)))
+        if t.quantised:
+            wanted[t.name + layout.SCALE_SUFFIX] = (t.shape[:-1], "float16",
+                                                    layout.scale_dims(t.name, t.kind, len(t.shape) - 1))
+    arrays = {}
+    for name, (shape, dtype, dims) in wanted.items():
+        arrays[name] = RowArray.open_or_create(group, name, shape, dtype, dims, compression, shard_bytes)
+    return arrays
+
+
+def _acquire_lock(lock: Path, steal: bool) -> Path:
+    """One live writer per part: a LOCK file with host and pid; a dead local owner's lock is taken over."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    if lock.exists() and not steal:
+        try:
+            owner = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            owner = {}
+        alive = owner.get("host") != me["host"] or _pid_alive(int(owner.get("pid", -1)))
+        if alive and owner.get("pid") != me["pid"]:
+            raise StoreError(
+                f"part {lock.parent.name} is being written by pid {owner.get('pid')} on host "
+                f"{owner.get('host')} ({lock}). Writers never share a part: wait for it, use another part, "
+                "or, if that writer is dead, delete the LOCK file."
+            )
+    tmp = lock.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(me))
+    os.replace(tmp, lock)
+    return lock
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
