@@ -1,4 +1,4 @@
-"""Recompute a ViT block's attention queries and keys from its input residual stream.
+r"""Recompute a ViT block's attention queries and keys from its input residual stream.
 
 EVL's cross-frame attention needs the backbone's own q and k of each decoder layer's block
 (reference/methods.md §2.1, §5.1). Storing them costs 2 x L x d values per frame and layer; storing
@@ -35,8 +35,9 @@ def qk_from_residual(
     d = x.shape[-1]
     if d % num_heads:
         raise ValueError(f"width {d} is not divisible by num_heads={num_heads}")
-    h = F.layer_norm(x.float(), (d,), ln_weight.float(), ln_bias.float(), eps)  # [..., L, d]
-    q = F.linear(h, q_weight.float(), None if q_bias is None else q_bias.float())  # [..., L, d]
-    k = F.linear(h, k_weight.float(), None if k_bias is None else k_bias.float())  # [..., L, d]
+    with torch.autocast(x.device.type, enabled=False):  # fp32 even inside a bf16 autocast region
+        h = F.layer_norm(x.float(), (d,), ln_weight.float(), ln_bias.float(), eps)  # [..., L, d]
+        q = F.linear(h, q_weight.float(), None if q_bias is None else q_bias.float())  # [..., L, d]
+        k = F.linear(h, k_weight.float(), None if k_bias is None else k_bias.float())  # [..., L, d]
     shape = (*x.shape[:-1], num_heads, d // num_heads)
     return q.reshape(shape), k.reshape(shape)  # [..., L, H, Dh] each

@@ -1,0 +1,284 @@
+"""Stage one's engine: decode processes -> packed device batches -> background store writer.
+
+    source list ──► N decode processes ──(bounded queue of frame chunks)──► packer ──► backbone
+                    (sample, decode, preprocess)                            (batches frames from
+                                                                              many videos)
+    backbone ──(pool/quantise on device, copy back)──► per-video assembly ──► writer thread ──► store part
+
+The three stages overlap: decoding runs in other processes, the device loop runs here, and zarr
+compression and writes run in a thread (blosc and file I/O release the GIL).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.errors import TwostageError
+from stages.extract import sources
+from stages.extract.backbones import FrozenBackbone, TensorRequest
+from stages.extract.worker import DecodeJob, worker_main
+from store import PartWriter, VideoEntry, ViewRows, codecs
+
+
+def _context() -> Any:
+    """Fork-server processes: forking after torch started threads is unsafe, and spawning re-imports torch
+    per worker (seconds); the server imports the worker module once and forks clean children from it."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["stages.extract.worker"])
+    return ctx
+
+
+class ExtractionError(TwostageError, RuntimeError):
+    """Raised with ``--fail-fast`` on the first bad video, or when the writer itself fails."""
+
+
+@dataclass
+class Stats:
+    """Counters and busy times of each component, for the progress bar and the final summary."""
+
+    scheduled: int = 0
+    committed: int = 0
+    failed: int = 0
+    frames: int = 0
+    decode_s: float = 0.0
+    model_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Video:
+    """One video being assembled from model outputs."""
+
+    info: dict[str, Any]
+    views: dict[int, dict[str, Any]]
+    missing: int  # rows still without features
+    done: bool = False  # its worker has sent every chunk
+
+
+class Extractor:
+    """Runs one part: ``Extractor(...).run(items)``; each item is committed to ``writer`` or recorded failed."""
+
+    def __init__(self, backbone: FrozenBackbone, requests: list[TensorRequest], job: DecodeJob,
+                 writer: PartWriter, *, classes: list[str], workers: int, batch_frames: int,
+                 quantise: bool, fail_fast: bool = False, progress: Any = None,
+                 video_timeout_s: float = 600.0) -> None:
+        self.video_timeout_s = video_timeout_s
+        self.class_index = {c: i for i, c in enumerate(classes)}
+        self.backbone, self.requests, self.job, self.writer = backbone, requests, job, writer
+        self.workers, self.batch_frames, self.quantise = max(1, workers), batch_frames, quantise
+        self.fail_fast, self.progress = fail_fast, progress
+        self.device = backbone.device
+        self.shapes = backbone.output_shapes(requests)
+        self.stats = Stats()
+
+    # -- orchestration ------------------------------------------------------------------------------
+    def run(self, items: list[sources.VideoItem], numbers: list[int]) -> Stats:
+        t0 = time.perf_counter()
+        self.items, self.stats.scheduled = items, len(numbers)
+        self._videos: dict[int, _Video] = {}
+        self._dead: set[int] = set()
+        self._pieces: deque[tuple[Any, ...]] = deque()
+        self._resolved = 0
+        ctx = _context()
+        self._tasks, self._results = ctx.Queue(), ctx.Queue(maxsize=4 * self.workers)
+        for n in numbers:
+            self._tasks.put(n)
+        procs = [self._spawn(ctx) for _ in range(min(self.workers, max(1, len(numbers))))]
+        for _ in procs:
+            self._tasks.put(None)
+        self._write_q: queue.Queue[Any] = queue.Queue(maxsize=16)
+        self._write_error: BaseException | None = None
+        writer_thread = threading.Thread(target=self._write_loop, daemon=True)
+        writer_thread.start()
+        try:
+            self._loop(ctx, procs)
+        finally:
+            self._write_q.put(None)
+            writer_thread.join()
+            for p, _, _ in procs:
+                p.join(timeout=5) if self._resolved >= self.stats.scheduled else p.kill()
+        if self._write_error is not None:
+            raise ExtractionError(f"writing to the store failed: {self._write_error}") from self._write_error
+        self.stats.wall_s = time.perf_counter() - t0
+        return self.stats
+
+    def _spawn(self, ctx: Any) -> tuple[Any, Any, Any]:
+        slot, started = ctx.Value("l", -1), ctx.Value("d", 0.0)
+        proc = ctx.Process(target=worker_main, daemon=True,
+                           args=(self.job, self.items, self._tasks, self._results, slot, started))
+        proc.start()
+        return proc, slot, started
+
+    def _loop(self, ctx: Any, procs: list[tuple[Any, Any, Any]]) -> None:
+        while self._resolved < self.stats.scheduled:
+            if self._write_error is not None:
+                return
+            try:
+                msg = self._results.get(timeout=0.05)
+            except queue.Empty:
+                if self._pieces:
+                    self._run_batch()  # the workers are slower than the device: do not wait for a full batch
+                self._check_workers(ctx, procs)
+                continue
+            self._handle(msg)
+            while sum(len(p[4]) for p in self._pieces) >= self.batch_frames:
+                self._run_batch()
+        while self._pieces:
+            self._run_batch()
+
+    def _check_workers(self, ctx: Any, procs: list[tuple[Any, Any, Any]]) -> None:
+        """Replace a worker that crashed (a decoder segfault) or hangs on one video past the timeout."""
+        for i, (proc, slot, started) in enumerate(procs):
+            number = slot.value
+            hung = number >= 0 and proc.exitcode is None and time.time() - started.value > self.video_timeout_s
+            if hung:
+                proc.kill()
+                proc.join()
+            elif proc.exitcode is None or proc.exitcode == 0:
+                continue
+            if number >= 0 and number not in self._dead:
+                why = f"no result after {self.video_timeout_s:.0f} s (decoder hang; run.video_timeout_s)" \
+                    if hung else f"the decoder process died (exit code {proc.exitcode})"
+                self._fail(number, "decode", why)
+            procs[i] = self._spawn(ctx)  # a replacement worker picks up the remaining tasks
+            self._tasks.put(None)
+
+    # -- messages -----------------------------------------------------------------------------------
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind, number = msg[0], msg[1]
+        if number in self._dead:
+            return
+        if kind == "fail":
+            self._fail(number, msg[2], msg[3])
+        elif kind == "info":
+            self._videos[number] = self._new_video(msg[2])
+        elif kind == "frames":
+            _, _, view, row0, frames, times, idx, padded, seconds = msg
+            v = self._videos[number].views[view]
+            v["time_s"][row0: row0 + len(frames)] = times
+            v["frame_index"][row0: row0 + len(frames)] = idx
+            v["padded"][row0: row0 + len(frames)] = padded
+            self.stats.decode_s += seconds
+            self._pieces.append((number, view, row0, 0, frames))
+        elif kind == "done":
+            self._videos[number].done = True
+            self._maybe_commit(number)
+
+    def _new_video(self, info: dict[str, Any]) -> _Video:
+        views = {}
+        for v in info["views"]:
+            n = v["rows"]
+            arrays: dict[str, Any] = {}
+            for name, shape in self.shapes.items():
+                if self.quantise:
+                    arrays[name] = (np.empty((n, *shape), np.int8), np.empty((n, *shape[:-1]), np.float16))
+                else:
+                    arrays[name] = np.empty((n, *shape), np.float16)
+            views[v["view"]] = {"rows": n, "meta": v["meta"], "tensors": arrays, "time_s": np.zeros(n),
+                                "frame_index": np.zeros(n, np.int64), "padded": np.zeros(n, bool)}
+        return _Video(info=info, views=views, missing=sum(v["rows"] for v in info["views"]))
+
+    def _fail(self, number: int, stage: str, error: str) -> None:
+        item = self.items[number]
+        self._dead.add(number)
+        self._videos.pop(number, None)
+        self._pieces = deque(p for p in self._pieces if p[0] != number)
+        self.stats.failed += 1
+        self.stats.failures.append({"id": item.id, "path": item.path, "stage": stage, "error": error})
+        self._write_q.put(("fail", item, stage, error))
+        self._resolved += 1
+        self._tick()
+        if self.fail_fast:
+            raise ExtractionError(f"video {item.id!r} ({item.path}) failed at {stage}: {error}")
+
+    # -- device -------------------------------------------------------------------------------------
+    def _run_batch(self) -> None:
+        frames, owners, room = [], [], self.batch_frames
+        while self._pieces and room > 0:
+            number, view, row0, offset, x = self._pieces.popleft()
+            take = min(room, len(x) - offset)
+            frames.append(x[offset: offset + take])
+            owners.append((number, view, row0 + offset, take))
+            if offset + take < len(x):
+                self._pieces.appendleft((number, view, row0, offset + take, x))
+            room -= take
+        t0 = time.perf_counter()
+        batch = torch.from_numpy(np.concatenate(frames))  # [B, 3, S, S] float16
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        outputs = self.backbone.forward_tensors(batch.to(self.device).float(), self.requests)
+        host = {name: self._to_host(y) for name, y in outputs.items()}
+        self.stats.model_s += time.perf_counter() - t0
+        start = 0
+        for number, view, row0, n in owners:
+            video = self._videos[number]
+            for name, value in host.items():
+                target = video.views[view]["tensors"][name]
+                if self.quantise:
+                    target[0][row0: row0 + n], target[1][row0: row0 + n] = value[0][start: start + n], \
+                        value[1][start: start + n]
+                else:
+                    target[row0: row0 + n] = value[start: start + n]
+            video.missing -= n
+            start += n
+            self.stats.frames += n
+            self._maybe_commit(number)
+
+    def _to_host(self, y: torch.Tensor) -> Any:
+        if self.quantise:  # quantise on the device: a quarter of the bytes cross the bus
+            q, scale = codecs.quantise_int8(y)
+            return q.cpu().numpy(), scale.cpu().numpy()
+        return y.to(torch.float16).cpu().numpy()
+
+    # -- writing ------------------------------------------------------------------------------------
+    def _maybe_commit(self, number: int) -> None:
+        video = self._videos.get(number)
+        if video is None or not video.done or video.missing > 0:
+            return
+        del self._videos[number]
+        item = self.items[number]
+        label = self.class_index.get(item.label, -1) if item.label is not None else -1
+        entry = VideoEntry(id=item.id, label=label, source=item.path, fps=float(video.info["fps"]),
+                           num_frames=int(video.info["num_frames"]),
+                           meta={"label_name": item.label, "backend": video.info.get("backend"),
+                                 **item.meta})
+        views = [ViewRows(view=view, tensors=v["tensors"], time_s=v["time_s"], frame_index=v["frame_index"],
+                          padded=v["padded"], meta=v["meta"]) for view, v in sorted(video.views.items())]
+        self._write_q.put(("add", entry, views))
+        self.stats.committed += 1
+        self._resolved += 1
+        self._tick()
+
+    def _write_loop(self) -> None:
+        while (msg := self._write_q.get()) is not None:
+            if self._write_error is not None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                if msg[0] == "add":
+                    self.writer.add(msg[1], msg[2])
+                else:
+                    _, item, stage, error = msg
+                    self.writer.fail(item.id, item.path, stage, error)
+            except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
+                self._write_error = e
+            self.stats.write_s += time.perf_counter() - t0
+
+    def _tick(self) -> None:
+        if self.progress is None:
+            return
+        elapsed = max(1e-9, self.progress.format_dict.get("elapsed", 0.0) or 1e-9)
+        self.progress.update(1)
+        self.progress.set_postfix(frames_s=f"{self.stats.frames / elapsed:.1f}", failed=self.stats.failed,
+                                  refresh=False)

@@ -1,0 +1,190 @@
+"""Stage one entry point: ``python -m stages.extract CONFIG [key=value ...]`` (also ``twostage extract``).
+
+Reads top to bottom: config -> source list -> backbone -> store spec -> part writer (skipping committed
+videos) -> overlapped extraction -> finalize -> summary. See ``stages/extract/runner.py`` for the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import load_config, to_dict
+from pipeline.errors import ConfigError
+from stages.extract import sources
+from stages.extract.backbones import FrozenBackbone, TensorRequest, build_backbone
+from stages.extract.config import ExtractConfig
+from stages.extract.runner import Extractor, Stats
+from stages.extract.worker import DecodeJob
+from store import FeatureStore, PartWriter, StoreSpec, TensorSpec, create_store, finalize, layout, set_complete
+
+
+def parse_requests(names: list[str], pool: int) -> list[TensorRequest]:
+    """``["b-1.tokens", "final.cls"]`` -> requests (negative block numbers count from the end)."""
+    out, problems = [], []
+    for name in names:
+        layer, _, kind = name.rpartition(".")
+        if not layer:
+            problems.append(f"tensors: {name!r} is not '<layer>.<kind>' (e.g. b-1.tokens, final.cls, b8.q)")
+            continue
+        out.append(TensorRequest(layer=layer, kind=kind, pool=pool if kind == "pooled" else None))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def frozen_layers(requests: list[TensorRequest], depth: int) -> list[int]:
+    """Blocks whose input residual stream is stored: stage two can recompute their q/k exactly."""
+    layers = []
+    for r in requests:
+        if r.kind == "tokens" and r.layer == "embed":
+            layers.append(0)
+        elif r.kind == "tokens" and r.layer.startswith("b") and int(r.layer[1:]) + 1 < depth:
+            layers.append(int(r.layer[1:]) + 1)
+    return sorted(set(layers))
+
+
+def build_spec(cfg: ExtractConfig, backbone: FrozenBackbone, requests: list[TensorRequest],
+               classes: list[str], frozen: list[str]) -> StoreSpec:
+    shapes = backbone.output_shapes(requests)
+    tensors = tuple(TensorSpec(name=r.name, layer=r.layer, kind=r.kind, shape=tuple(shapes[r.name]),
+                               dtype=cfg.store.dtype, pool=r.pool) for r in requests)
+    bb = backbone.spec
+    preprocessing = {"input_size": bb["input_size"], "short_side": cfg.sampling.short_side or bb["input_size"],
+                     "mean": bb["mean"], "std": bb["std"], "interpolation": bb["interpolation"],
+                     "resize": "aspect-preserving short side, then crop", "dtype_in": "float16"}
+    return StoreSpec(backbone=bb, preprocessing=preprocessing, sampling=to_dict(cfg.sampling), tensors=tensors,
+                     classes=tuple(classes), config=to_dict(cfg),
+                     storage={"compression": cfg.store.compression, "shard_mb": cfg.store.shard_mb},
+                     frozen=tuple(frozen))
+
+
+def decode_job(cfg: ExtractConfig, backbone: FrozenBackbone) -> DecodeJob:
+    s, bb = cfg.sampling, backbone.spec
+    return DecodeJob(mode=s.mode, frames=s.frames, stride=s.stride, temporal_views=s.temporal_views,
+                     spatial_views=s.spatial_views, split=s.split, target_fps=s.target_fps,
+                     max_frames=s.max_frames, size=bb["input_size"], short_side=s.short_side or bb["input_size"],
+                     interpolation=bb["interpolation"], mean=tuple(bb["mean"]), std=tuple(bb["std"]),
+                     seed=cfg.run.seed, decoder=cfg.run.decoder, chunk=min(32, cfg.backbone.batch_frames))
+
+
+def select_part(items: list[sources.VideoItem], part: str | None) -> tuple[list[int], str, bool]:
+    """Item numbers of this part, the part's store name, and whether this process is the coordinator."""
+    if part is None:
+        return list(range(len(items))), layout.part_name(0), True
+    try:
+        index, count = (int(x) for x in part.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"run.part: {part!r} is not 'I/N' with 0 <= I < N (e.g. 3/8)") from None
+    order = sorted(range(len(items)), key=lambda i: items[i].id)  # stable whatever the list order
+    return [n for k, n in enumerate(order) if k % count == index], layout.part_name(index, count), False
+
+
+def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int] | None = None) -> Stats:
+    """Extract every video of ``cfg.source`` not yet committed; returns the run's statistics."""
+    video_items, classes = sources.read_source(cfg.source, classes=cfg.classes)
+    numbers, default_part, coordinator = select_part(video_items, cfg.run.part)
+    part = part or default_part
+    if items is not None:
+        numbers = items
+    backbone = build_backbone(cfg.backbone.name, pretrained=cfg.backbone.pretrained,
+                              weights_file=cfg.backbone.weights_file, device=_device(cfg.backbone.device))
+    requests = backbone.resolve(parse_requests(cfg.tensors, cfg.pool))
+    layers = frozen_layers(requests, backbone.spec["depth"]) if backbone.qk_recomputable else []
+    frozen = backbone.frozen_weights(layers) if layers else {}
+    spec = build_spec(cfg, backbone, requests, classes, sorted(frozen))
+    create_store(cfg.store.path, spec, overwrite=cfg.store.overwrite, frozen=frozen)
+    done = {v.id for v in FeatureStore(cfg.store.path).videos}
+    todo = [n for n in numbers if video_items[n].id not in done]
+    if cfg.run.limit is not None:
+        todo = todo[: cfg.run.limit]
+    if coordinator and todo:
+        set_complete(cfg.store.path, None)
+    progress = _progress(len(todo), cfg.run.progress)
+    with PartWriter(cfg.store.path, part, commit_interval_s=cfg.store.commit_interval_s) as writer:
+        extractor = Extractor(backbone, requests, decode_job(cfg, backbone), writer, classes=classes,
+                              workers=cfg.run.decode_workers, batch_frames=cfg.backbone.batch_frames,
+                              quantise=cfg.store.dtype == "int8", fail_fast=cfg.run.fail_fast, progress=progress,
+                              video_timeout_s=cfg.run.video_timeout_s)
+        stats = extractor.run(video_items, todo)
+    if progress is not None:
+        progress.close()
+    if coordinator and cfg.run.limit is None:
+        finalize(cfg.store.path, {"frames_per_s": stats.frames / max(stats.wall_s, 1e-9)})
+    stats.skipped = len(numbers) - len(todo)  # type: ignore[attr-defined]
+    return stats
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr)
+
+
+def summary(stats: Stats, skipped: int = 0) -> dict[str, Any]:
+    """The end-of-run figures: counts, and each component's throughput (frames per busy second)."""
+
+    def rate(seconds: float) -> float | None:
+        return round(stats.frames / seconds, 1) if seconds > 0 else None
+
+    return {"videos": stats.scheduled, "committed": stats.committed, "failed": stats.failed, "skipped": skipped,
+            "frames": stats.frames, "wall_s": round(stats.wall_s, 3),
+            "frames_per_s": rate(stats.wall_s), "videos_per_s": round(stats.committed / max(stats.wall_s, 1e-9), 2),
+            "decode_frames_per_busy_s": rate(stats.decode_s), "model_frames_per_s": rate(stats.model_s),
+            "write_frames_per_s": rate(stats.write_s), "failures": stats.failures}
+
+
+def print_summary(s: dict[str, Any], store: str) -> None:
+    print(f"extracted {s['committed']} videos ({s['frames']} frames) into {store} in {s['wall_s']:.1f} s: "
+          f"{s['frames_per_s']} frames/s, {s['videos_per_s']} videos/s; skipped {s['skipped']} already committed")
+    print(f"  components (frames per busy second): decode {s['decode_frames_per_busy_s']} (per worker), "
+          f"model {s['model_frames_per_s']}, write {s['write_frames_per_s']}")
+    if s["failures"]:
+        print(f"  {len(s['failures'])} failed videos:")
+        for f in s["failures"]:
+            print(f"    {f['id']}  {f['path']}  [{f['stage']}] {f['error'].splitlines()[0][:160]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.extract", description=__doc__.split("\n\n")[0],
+                                     epilog="Overrides: key=value with dotted keys, e.g. store.dtype=int8 "
+                                            "backbone.batch_frames=128 sampling.frames=16. "
+                                            "See configs/extract/ for ready configs.")
+    parser.add_argument("config", help="YAML config (configs/extract/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first bad video (debugging)")
+    parser.add_argument("--part", help="I/N: extract part I of N (job arrays); then `twostage commit STORE`")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + (["run.fail_fast=true"] if args.fail_fast else []) + \
+        ([f"run.part={args.part}"] if args.part else [])
+    cfg = load_config(ExtractConfig, args.config, overrides)
+    if cfg.cluster.kind != "none" and cfg.run.part is None:
+        from pipeline.cluster import run_cluster  # dask is only imported when asked for
+
+        return run_cluster(cfg)
+    stats = run_extract(cfg)
+    s = summary(stats, getattr(stats, "skipped", 0))
+    print_summary(s, cfg.store.path)
+    metrics = Path(f"{cfg.store.path.rstrip('/')}.extract{'-' + cfg.run.part.replace('/', 'of') if cfg.run.part else ''}.json")
+    metrics.write_text(json.dumps(s | {"config": to_dict(cfg)}, indent=2, default=str))
+    bad = stats.failed / max(1, stats.scheduled)
+    if bad > cfg.run.max_failure_fraction:
+        print(f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
+              f"{cfg.run.max_failure_fraction}); see the list above and {metrics}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,117 @@
+"""Decode worker processes: video -> sampled, preprocessed frames, streamed in bounded chunks.
+
+Each worker takes video numbers from a task queue and sends messages on a bounded result queue
+(the bound is the back-pressure that keeps memory flat whatever the video length):
+
+    ("info",   item, {"num_frames", "fps", "views": [{"view", "rows", "meta"}], "backend"})
+    ("frames", item, view, row0, frames [n,3,S,S] float16, time_s [n], frame_index [n], padded [n], seconds)
+    ("done",   item)
+    ("fail",   item, stage, message)
+
+A worker writes the item it is on into a shared slot, so the parent can blame the right video when a
+decoder crashes the whole process (a segfault cannot be caught in-process).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stages.extract import decode, sampling, sources
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """What a worker needs to turn one video into preprocessed frames (plain, picklable values)."""
+
+    mode: str  # "clips" | "dense"
+    frames: int
+    stride: int
+    temporal_views: int
+    spatial_views: int
+    split: str
+    target_fps: float | None
+    max_frames: int | None
+    size: int
+    short_side: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    seed: int
+    decoder: str
+    chunk: int  # frames per message
+
+
+def plan_views(job: DecodeJob, reader: Any, item: sources.VideoItem) -> tuple[list[sampling.ViewPlan], int]:
+    """Views of one video, and the first source frame of its [start, end] trim window."""
+    info = reader.info
+    first = 0 if item.start is None else max(0, int(item.start * info.fps))
+    last = info.num_frames if item.end is None else min(info.num_frames, int(np.ceil(item.end * info.fps)))
+    n = max(1, last - first)
+    hw = (info.height, info.width)
+    if job.mode == "dense":
+        t = np.asarray(reader.timestamps(list(range(first, first + n))), np.float64)
+        plans = sampling.plan_dense(n, info.fps, target_fps=job.target_fps, size=job.size,
+                                    short_side=job.short_side, frame_hw=hw, max_frames=job.max_frames,
+                                    timestamps=t - t[0])  # real pts: variable frame rate sampled by time
+    else:
+        plans = sampling.plan_clips(n, info.fps, frames=job.frames, stride=job.stride,
+                                    temporal_views=job.temporal_views, spatial_views=job.spatial_views,
+                                    mode=job.split, size=job.size, short_side=job.short_side, frame_hw=hw,
+                                    seed=job.seed, video_key=item.id)
+    return plans, first
+
+
+def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any) -> None:
+    """Decode one video and stream its views; raises on failure (the caller reports it)."""
+    stage = "open"
+    with decode.open_video(sources.open_bytes(item), backend=job.decoder, name=item.path) as reader:
+        stage = "sample"
+        plans, first = plan_views(job, reader, item)
+        views = [{"view": p.view, "rows": len(p.frame_indices),
+                  "meta": {"temporal_pos": int(p.temporal_pos), "spatial_pos": int(p.spatial_pos),
+                           "crop": [float(c) for c in p.crop], "n_padded": int(np.sum(p.padded))}}
+                 for p in plans]
+        send(("info", number, {"num_frames": reader.info.num_frames, "fps": reader.info.fps,
+                                    "views": views, "backend": reader.info.backend}))
+        for p in plans:
+            for row0 in range(0, len(p.frame_indices), job.chunk):
+                stage = "decode"
+                t0 = time.perf_counter()
+                idx = p.frame_indices[row0: row0 + job.chunk] + first
+                frames = reader.get_frames(idx.tolist())
+                times = reader.timestamps(idx.tolist())
+                stage = "preprocess"
+                x = sampling.preprocess(frames, p, size=job.size, short_side=job.short_side,
+                                        interpolation=job.interpolation, mean=job.mean, std=job.std)
+                x = x.numpy().astype(np.float16)  # halves the bytes crossing the process boundary
+                send(("frames", number, p.view, row0, x, np.asarray(times, np.float64), idx,
+                      np.asarray(p.padded[row0: row0 + job.chunk]), time.perf_counter() - t0))
+    send(("done", number))
+
+
+def worker_main(job: DecodeJob, items: list[sources.VideoItem], tasks: Any, results: Any, slot: Any,
+                started: Any) -> None:
+    """Process entry point: decode tasks until the ``None`` sentinel; never raises per video."""
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: parallelism comes from the number of workers
+    while True:
+        number = tasks.get()
+        if number is None:
+            return
+        slot.value, started.value = number, time.time()
+        item = items[number]
+        try:
+            decode_video(job, number, item, results.put)
+        except Exception as e:  # noqa: BLE001 - one bad video never stops the run
+            stage = "open" if isinstance(e, (decode.DecodeError, FileNotFoundError)) else "decode"
+            message = f"{type(e).__name__}: {e}"
+            if not isinstance(e, decode.DecodeError):
+                message += "\n" + traceback.format_exc(limit=3)
+            results.put(("fail", number, stage, message))
+        slot.value = -1
