@@ -1,0 +1,176 @@
+"""Building blocks shared by the stage-two heads: the head base class, store-name lookups, attention,
+MLP, pre-LN transformer block.
+
+Store tensor names are ``"{layer}.{kind}"`` (``"b11.tokens"``, ``"final.cls"``...; see the brief's
+"Store tensor names"). Heads receive ``tensors``, the per-frame shape of every stored tensor, and
+pick what they read with the helpers below, so every head resolves names the same way.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import ConfigError, StoreMismatchError
+
+_BLOCK = re.compile(r"^b(\d+)$")
+
+
+class Head(nn.Module):
+    """A stage-two head: reads ``inputs`` from a feature dict, returns logits ``[B, num_classes]``."""
+
+    inputs: list[str]
+
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------- store names
+
+
+def block_layers(tensors: dict[str, tuple[int, ...]], kind: str) -> list[int]:
+    """Sorted block indices ``l`` for which ``b{l}.{kind}`` is stored."""
+    found = []
+    for name in tensors:
+        layer, _, k = name.partition(".")
+        match = _BLOCK.match(layer)
+        if match and k == kind:
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def residual_input_name(layer: int) -> str:
+    """The store name of block ``layer``'s input residual stream (the previous block's output)."""
+    return "embed.tokens" if layer == 0 else f"b{layer - 1}.tokens"
+
+
+def resolve_cls_feature(tensors: dict[str, tuple[int, ...]], feature: str | None) -> tuple[str, int]:
+    """The tensor holding the per-frame CLS vector, and its width.
+
+    ``feature`` may name a ``*.cls`` tensor (used as is) or a ``*.tokens`` tensor (its token 0 is the
+    CLS). ``None`` picks ``final.cls`` if stored, else the deepest ``b*.cls``, else the deepest
+    ``b*.tokens``.
+    """
+    if feature is None:
+        if "final.cls" in tensors:
+            feature = "final.cls"
+        elif cls_layers := block_layers(tensors, "cls"):
+            feature = f"b{cls_layers[-1]}.cls"
+        elif token_layers := block_layers(tensors, "tokens"):
+            feature = f"b{token_layers[-1]}.tokens"
+        else:
+            raise StoreMismatchError(
+                f"the head needs a per-frame CLS vector but the store holds none of 'final.cls', 'b*.cls', "
+                f"'b*.tokens' (it holds {sorted(tensors)}); extract with e.g. tensors=[final.cls] "
+                "or b{depth-1}.tokens"
+            )
+    kind = feature.rpartition(".")[2]
+    if kind not in ("cls", "tokens"):
+        raise ConfigError(f"head.feature={feature!r} is not a '*.cls' or '*.tokens' tensor name")
+    if feature not in tensors:
+        raise StoreMismatchError(
+            f"head.feature={feature!r} is not in the store (it holds {sorted(tensors)}); extract it, "
+            "or set head.feature to a stored '*.cls' / '*.tokens' tensor (or leave it unset for the default)"
+        )
+    return feature, int(tensors[feature][-1])
+
+
+def take_cls(feats: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """The per-frame CLS vectors ``[B, T, d]`` from a ``*.cls`` ``[B, T, d]`` or ``*.tokens`` tensor."""
+    x = feats[name]
+    return x[:, :, 0] if name.endswith(".tokens") else x  # [B, T, d]
+
+
+def pick_heads(dim: int, heads: int | None, default: int, what: str) -> int:
+    """``heads`` if given (must divide ``dim``), else the largest divisor of ``dim`` up to ``default``."""
+    if heads is None:
+        return max(h for h in range(1, max(default, 1) + 1) if dim % h == 0)
+    if heads < 1 or dim % heads:
+        raise ConfigError(f"{what}={heads} must be a positive divisor of the width {dim}")
+    return heads
+
+
+# ----------------------------------------------------------------------------------------- layers
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``, the activation CLIP (and EVL's decoder) uses."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
+def make_activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"activation {name!r} is unknown; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections; ``kv_dim`` lets keys come from another width.
+
+    ``forward(x, context)`` attends from ``x`` [N, Lq, dim] over ``context`` [N, Lk, kv_dim] (``x`` itself
+    when ``context`` is None) and returns [N, Lq, out_dim].
+    """
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, out_dim: int | None = None) -> None:
+        super().__init__()
+        kv_dim = kv_dim or dim
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(kv_dim, dim)
+        self.v_proj = nn.Linear(kv_dim, dim)
+        self.out_proj = nn.Linear(dim, out_dim or dim)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        N, Lq, D = x.shape
+        Lk, H = context.shape[1], self.heads
+        q = self.q_proj(x).view(N, Lq, H, D // H).transpose(1, 2)  # [N, H, Lq, Dh]
+        k = self.k_proj(context).view(N, Lk, H, D // H).transpose(1, 2)  # [N, H, Lk, Dh]
+        v = self.v_proj(context).view(N, Lk, H, D // H).transpose(1, 2)  # [N, H, Lk, Dh]
+        out = F.scaled_dot_product_attention(q, k, v)  # [N, H, Lq, Dh]
+        out = out.transpose(1, 2).reshape(N, Lq, D)  # [N, Lq, D]
+        return self.out_proj(out)
+
+
+class Mlp(nn.Module):
+    """``fc2(dropout(act(fc1(x))))``; Xavier-uniform weights, biases N(0, 1e-6) (ViT / EVL init)."""
+
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = make_activation(activation)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+        for lin in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.normal_(lin.bias, std=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class PreLNBlock(nn.Module):
+    """Pre-LN transformer encoder block: ``x + drop(MHA(LN(x)))`` then ``x + drop(MLP(LN(x)))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), "gelu")
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x)))
+        return x + self.drop(self.mlp(self.ln_2(x)))
