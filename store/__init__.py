@@ -9,10 +9,13 @@ Read (stage two, analysis)::
     from store import FeatureStore, verify, inspect
 """
 
+from store.codecs import configure_zarr
 from store.reader import FeatureStore, VideoRecord
 from store.schema import StoreSpec, TensorSpec
 from store.verify import finalize, inspect, verify
 from store.writer import PartWriter, VideoEntry, ViewRows, create_store, set_complete, validate_id
+
+configure_zarr()
 
 __all__ = [
     "FeatureStore", "PartWriter", "StoreSpec", "TensorSpec", "VideoEntry", "VideoRecord", "ViewRows",

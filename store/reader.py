@@ -12,6 +12,7 @@ stage one still runs sees the videos committed at open time (call :meth:`refresh
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ class FeatureStore:
             try:
                 self._group = zarr.open_group(store=self.path, mode="r", use_consolidated=False,
                                               storage_options=self.storage_options if "://" in self.path else None)
-            except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
+                    zarr.errors.ContainsArrayError, json.JSONDecodeError):
                 raise NotAStoreError(f"{self.path} is not a twostage store (no zarr group there). Point to the "
                                      "folder `twostage extract` wrote (the `store` key of its config).") from None
         return self._group

@@ -29,18 +29,18 @@ class RowArray:
 
     @classmethod
     def open_or_create(cls, group: zarr.Group, name: str, shape: tuple[int, ...], dtype: str,
-                       dims: tuple[str, ...], compression: str, shard_bytes: int) -> RowArray:
+                       dims: tuple[str, ...], compression: str, shard_bytes: int, crc: bool = False) -> RowArray:
         if name in group:
             array = group[name]
             if tuple(array.shape[1:]) != tuple(shape) or str(array.dtype) != np.dtype(dtype).name:
                 raise ValueError(f"array {array.path} is {array.shape[1:]}/{array.dtype}, expected {shape}/{dtype}")
             return cls(array)  # type: ignore[arg-type]
         row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        chunk = codecs.rows_per_chunk(row_bytes)
+        chunk = codecs.rows_per_chunk(row_bytes, min(1 << 20, shard_bytes))  # a chunk never outgrows its shard
         shard = codecs.rows_per_shard(row_bytes, chunk, shard_bytes)
         array = group.create_array(
             name, shape=(0, *shape), dtype=dtype, chunks=(chunk, *shape), shards=(shard, *shape),
-            compressors=codecs.compressors(compression, np.dtype(dtype).itemsize), fill_value=0,
+            compressors=codecs.compressors(compression, np.dtype(dtype).itemsize, crc=crc), fill_value=0,
             dimension_names=dims, config={"write_empty_chunks": True},
         )
         return cls(array)

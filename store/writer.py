@@ -106,7 +106,8 @@ def read_root_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         group = zarr.open_group(store=str(path), mode="r", use_consolidated=False)
         attrs = group.attrs.asdict().get(layout.ATTRS_KEY)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
+            zarr.errors.ContainsArrayError, json.JSONDecodeError) as e:
         raise NotAStoreError(f"{path} is not a twostage store ({type(e).__name__}). Point to the folder "
                              "that `twostage extract` wrote (the `store` key of the extract config).") from None
     if not isinstance(attrs, dict):
@@ -147,7 +148,8 @@ class PartWriter:
         shard_bytes = int((shard_mb or storage.get("shard_mb", 64)) * (1 << 20))
         group = zarr.open_group(store=str(self.path), mode="r+", use_consolidated=False)
         part_group = group.require_group(layout.part_path(part))
-        self._arrays = _open_arrays(part_group, self.spec, storage.get("compression", "zstd"), shard_bytes)
+        self._arrays = _open_arrays(part_group, self.spec, storage.get("compression", "lz4"), shard_bytes,
+                                    bool(storage.get("chunk_crc", False)))
         self._committed, self._next_row = self._resume()
         self._pending: list[tuple[int, dict[str, Any]]] = []  # (end row, commit record)
         self._last_commit = time.monotonic()
@@ -163,9 +165,12 @@ class PartWriter:
             raise StoreError(f"video {video.id!r} is already in part {self.part}; ids must be unique")
         if not views:
             raise StoreError(f"video {video.id!r} has no views to store")
+        views = sorted(views, key=lambda v: v.view)  # verify re-hashes views in this order
+        if len({v.view for v in views}) != len(views):
+            raise StoreError(f"video {video.id!r} repeats a view number: {[v.view for v in views]}")
+        all_columns = [self._columns(video.id, v) for v in views]  # validate every view before writing any
         record_views, checksum = [], codecs.Checksum()
-        for v in views:
-            columns = self._columns(video.id, v)
+        for v, columns in zip(views, all_columns, strict=True):
             n = len(v.time_s)
             record_views.append({"view": v.view, "row_start": self._next_row, "n_rows": n, **v.meta})
             for name, col in sorted(columns.items()):
@@ -260,7 +265,8 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _open_arrays(group: zarr.Group, spec: StoreSpec, compression: str, shard_bytes: int) -> dict[str, RowArray]:
+def _open_arrays(group: zarr.Group, spec: StoreSpec, compression: str, shard_bytes: int,
+                 crc: bool) -> dict[str, RowArray]:
     wanted: dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]] = {
         name: ((), dtype, ("row",)) for name, dtype in layout.ROW_ARRAYS.items()
     }
@@ -271,27 +277,34 @@ def _open_arrays(group: zarr.Group, spec: StoreSpec, compression: str, shard_byt
                                                     layout.scale_dims(t.name, t.kind, len(t.shape) - 1))
     arrays = {}
     for name, (shape, dtype, dims) in wanted.items():
-        arrays[name] = RowArray.open_or_create(group, name, shape, dtype, dims, compression, shard_bytes)
+        arrays[name] = RowArray.open_or_create(group, name, shape, dtype, dims, compression, shard_bytes, crc)
     return arrays
 
 
 def _acquire_lock(lock: Path, steal: bool) -> Path:
     """One live writer per part: a LOCK file with host and pid; a dead local owner's lock is taken over."""
     me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-    if lock.exists() and not steal:
+    tmp = lock.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(me))
+    try:
+        os.link(tmp, lock)  # atomic create-if-absent: of two writers starting at once, one gets the part
+        tmp.unlink()
+        return lock
+    except FileExistsError:
+        pass
+    if not steal:
         try:
             owner = json.loads(lock.read_text())
         except (OSError, ValueError):
             owner = {}
         alive = owner.get("host") != me["host"] or _pid_alive(int(owner.get("pid", -1)))
         if alive and owner.get("pid") != me["pid"]:
+            tmp.unlink(missing_ok=True)
             raise StoreError(
                 f"part {lock.parent.name} is being written by pid {owner.get('pid')} on host "
                 f"{owner.get('host')} ({lock}). Writers never share a part: wait for it, use another part, "
                 "or, if that writer is dead, delete the LOCK file."
             )
-    tmp = lock.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(me))
     os.replace(tmp, lock)
     return lock
 

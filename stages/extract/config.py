@@ -47,8 +47,9 @@ class SamplingConfig:
 class StoreConfig:
     path: str = ""  # where the Zarr store is written (a folder; created if missing)
     dtype: Literal["float16", "int8"] = "float16"  # float16 keeps fp16/bf16 activations; int8 halves bytes
-    compression: Literal["zstd", "lz4", "none"] = "zstd"  # blosc zstd+bitshuffle; lz4 is faster, larger
+    compression: Literal["zstd", "lz4", "none"] = "lz4"  # blosc lz4: fast; zstd packs tighter, writes slower
     shard_mb: float = 64.0  # target shard size: the unit of writing (fewer, larger files on cluster disks)
+    chunk_crc: bool = False  # crc32c per chunk: damaged bytes fail the read itself (verify catches them anyway)
     overwrite: bool = False  # delete a store made with another config and start anew
     commit_interval_s: float = 30.0  # at most this much finished work is lost if the run is killed
 

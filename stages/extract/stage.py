@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.cluster import expand_shorthand
 from pipeline.config import load_config, to_dict
 from pipeline.errors import ConfigError
 from stages.extract import sources
@@ -58,7 +59,8 @@ def build_spec(cfg: ExtractConfig, backbone: FrozenBackbone, requests: list[Tens
                      "resize": "aspect-preserving short side, then crop", "dtype_in": "float16"}
     return StoreSpec(backbone=bb, preprocessing=preprocessing, sampling=to_dict(cfg.sampling), tensors=tensors,
                      classes=tuple(classes), config=to_dict(cfg),
-                     storage={"compression": cfg.store.compression, "shard_mb": cfg.store.shard_mb},
+                     storage={"compression": cfg.store.compression, "shard_mb": cfg.store.shard_mb,
+                              "chunk_crc": cfg.store.chunk_crc},
                      frozen=tuple(frozen))
 
 
@@ -85,8 +87,13 @@ def select_part(items: list[sources.VideoItem], part: str | None) -> tuple[list[
     return [n for k, n in enumerate(order) if k % count == index], layout.part_name(index, count), False
 
 
-def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int] | None = None) -> Stats:
-    """Extract every video of ``cfg.source`` not yet committed; returns the run's statistics."""
+def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int] | None = None,
+                steal_lock: bool = False) -> Stats:
+    """Extract every video of ``cfg.source`` not yet committed; returns the run's statistics.
+
+    ``steal_lock`` takes over the part's LOCK whoever holds it: for a retried cluster task whose writer
+    died on another host (``pipeline/cluster.py`` decides).
+    """
     video_items, classes = sources.read_source(cfg.source, classes=cfg.classes)
     numbers, default_part, coordinator = select_part(video_items, cfg.run.part)
     part = part or default_part
@@ -106,7 +113,8 @@ def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int]
     if coordinator and todo:
         set_complete(cfg.store.path, None)
     progress = _progress(len(todo), cfg.run.progress)
-    with PartWriter(cfg.store.path, part, commit_interval_s=cfg.store.commit_interval_s) as writer:
+    with PartWriter(cfg.store.path, part, commit_interval_s=cfg.store.commit_interval_s,
+                    steal_lock=steal_lock) as writer:
         extractor = Extractor(backbone, requests, decode_job(cfg, backbone), writer, classes=classes,
                               workers=cfg.run.decode_workers, batch_frames=cfg.backbone.batch_frames,
                               quantise=cfg.store.dtype == "int8", fail_fast=cfg.run.fail_fast, progress=progress,
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first bad video (debugging)")
     parser.add_argument("--part", help="I/N: extract part I of N (job arrays); then `twostage commit STORE`")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides) + (["run.fail_fast=true"] if args.fail_fast else []) + \
+    overrides = expand_shorthand(args.overrides) + (["run.fail_fast=true"] if args.fail_fast else []) + \
         ([f"run.part={args.part}"] if args.part else [])
     cfg = load_config(ExtractConfig, args.config, overrides)
     if cfg.cluster.kind != "none" and cfg.run.part is None:
