@@ -99,11 +99,11 @@ def plan(cfg: PipelineConfig) -> list[Plan]:
         source = str(root / "data" / "labels.csv") if ds.synth else ds.source
         store = str(root / "features.zarr")
         ex = merge(merge(cfg.extract, ds.extract), {"source": source, "store": {"path": store}})
+        extract = None
         try:
             extract = from_dict(ExtractConfig, ex, source=f"datasets[{ds.name}].extract")
         except ConfigError as e:
-            problems += e.problems
-            continue
+            problems += e.problems  # keep going: the heads' problems are reported in the same error
         trains = []
         for h in cfg.heads:
             label = h.label or h.name
@@ -155,15 +155,19 @@ def run_dataset(p: Plan) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         metrics = run_train(train)
         rows.append({"dataset": p.dataset.name, "head": label, "bytes_per_frame": bytes_per_frame,
-                     "train_s": round(time.perf_counter() - t0, 1), **_pick(metrics)})
+                     "train_s": round(time.perf_counter() - t0, 1), "top1": metrics.get("top1"),
+                     "top5": metrics.get("top5"), "mean_class_acc": metrics.get("mean_class_acc"),
+                     "s_per_epoch": seconds_per_epoch(Path(train.run.out) / "metrics.jsonl")})
     return rows
 
 
-def _pick(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = {"top1": ("top1", "val_top1", "acc1"), "top5": ("top5", "val_top5", "acc5"),
-            "mean_class_acc": ("mean_class_acc", "val_mean_class_acc"),
-            "s_per_epoch": ("s_per_epoch", "sec_per_epoch", "epoch_s", "seconds_per_epoch")}
-    return {out: next((metrics[k] for k in names if k in metrics), None) for out, names in keys.items()}
+def seconds_per_epoch(metrics_file: Path) -> float | None:
+    """Mean training seconds per epoch over the run's epoch records (evaluation excluded)."""
+    if not metrics_file.exists():
+        return None
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    seconds = [r["seconds"] for r in records if r.get("type") == "epoch" and "seconds" in r]
+    return sum(seconds) / len(seconds) if seconds else None
 
 
 def table(rows: list[dict[str, Any]]) -> str:

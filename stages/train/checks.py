@@ -1,0 +1,185 @@
+"""What stage two refuses before it trains or evaluates, each with what, why and what to do.
+
+- a store still being written (unless ``run.allow_incomplete``), or without labelled videos;
+- a validation store or checkpoint from another backbone, other classes, or other tensor shapes;
+- a checkpoint of another head (``head.init_from``, ``twostage eval``), or not a stage-two checkpoint;
+- resuming ``run.out/last.pt`` with a config that trains something else.
+(Missing tensors are refused by the head builders; too many frames by :class:`ClipDataset`.)
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.config import to_dict
+from pipeline.errors import CheckpointError, ConfigError, StoreError, StoreMismatchError
+from stages.train.config import RESUMABLE_CHANGES, TrainConfig
+from stages.train.heads import HEADS
+from stages.train.outputs import CHECKPOINT_FORMAT
+from store import FeatureStore
+from store.schema import diff, fingerprint
+
+CONTRACT = ("tensors", "backbone", "num_classes", "num_frames", "frozen")  # keywords every builder takes
+MACHINE_KEYS = ("weights_file",)  # backbone keys that name a place, not the features (a moved file is fine)
+
+
+def open_store(path: str, *, allow_incomplete: bool, key: str = "data.store") -> FeatureStore:
+    """Open a store for stage two; refuse one stage one has not finished, or one with no labelled video."""
+    store = FeatureStore(path)
+    if not store.complete and not allow_incomplete:
+        raise StoreError(
+            f"{key}={path} is incomplete ({len(store.videos)} videos committed so far): its extraction is "
+            "still running, was killed, or its --part runs were not committed. Finish it (run the same "
+            "`twostage extract` again, or `twostage commit STORE`), or set run.allow_incomplete=true to "
+            "train on the committed videos only."
+        )
+    if not any(v.label >= 0 for v in store.videos):
+        raise StoreError(
+            f"{key}={path} holds no labelled video ({len(store.videos)} videos, all label -1); "
+            "extract from a source list with labels"
+        )
+    return store
+
+
+def backbone_identity(backbone: dict[str, Any]) -> dict[str, Any]:
+    """The backbone spec minus machine-specific keys: two stores fit one head iff these agree."""
+    return {k: v for k, v in backbone.items() if k not in MACHINE_KEYS}
+
+
+def store_meta(store: FeatureStore, inputs: list[str]) -> dict[str, Any]:
+    """What a checkpoint records of the store it was trained on."""
+    return {
+        "path": store.path,
+        "fingerprint": store.spec.fingerprint,
+        "backbone": store.backbone,
+        "backbone_fingerprint": fingerprint(backbone_identity(store.backbone)),
+        "classes": list(store.classes),
+        "tensors": {n: list(store.tensors[n].shape) for n in inputs},
+    }
+
+
+def check_fits(store: FeatureStore, ref: dict[str, Any], *, what: str, error: type[Exception]) -> None:
+    """Refuse ``store`` unless its backbone, classes and tensor shapes match ``ref`` (a store meta)."""
+    problems = diff(backbone_identity(ref["backbone"]), backbone_identity(store.backbone), "backbone")
+    if list(store.classes) != list(ref["classes"]):
+        problems.append(
+            f"classes: {len(ref['classes'])} {list(ref['classes'])[:5]}... -> "
+            f"{len(store.classes)} {list(store.classes)[:5]}..."
+        )
+    for name, shape in ref["tensors"].items():
+        have = list(store.tensors[name].shape) if name in store.tensors else None
+        if have != list(shape):
+            problems.append(f"tensor {name}: {shape} -> {have if have is not None else 'not stored'}")
+    if problems:
+        raise error(
+            f"{store.path} does not fit {what} ({len(problems)} differences: "
+            + "; ".join(problems[:6])
+            + ("; ..." if len(problems) > 6 else "")
+            + "). Use a store extracted with the same backbone, "
+            "classes and tensors (the same extract config)."
+        )
+
+
+def head_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``head.options`` checked against the builder's own keywords (all unknown ones reported at once)."""
+    params = inspect.signature(HEADS.get(name)).parameters
+    valid = [p for p in params if p not in CONTRACT]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ConfigError(
+            [
+                f"head.options.{k}: head {name!r} has no option {k!r}; its options: {', '.join(valid)}"
+                for k in unknown
+            ]
+        )
+    return dict(options)
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, key: str) -> dict[str, Any]:
+    """A stage-two checkpoint, loaded safely (``weights_only``)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{key}={path}: no such file; give the path of a last.pt/best.pt that `twostage train` wrote"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - unpickling errors of every kind: not a checkpoint we can read
+        raise CheckpointError(
+            f"{key}={path} is not a readable stage-two checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{key}={path} is not a stage-two checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+            "give a last.pt/best.pt that `twostage train` wrote"
+        )
+    return ckpt
+
+
+def check_checkpoint(ckpt: dict[str, Any], *, head: str, store: FeatureStore, key: str) -> None:
+    """Refuse a checkpoint of another head, or one trained on features ``store`` does not hold."""
+    if ckpt["head"]["name"] != head:
+        raise CheckpointError(
+            f"{key} holds a {ckpt['head']['name']!r} head, but this run uses head {head!r}; give a "
+            f"checkpoint of a {head!r} run, or set head.name={ckpt['head']['name']}"
+        )
+    check_fits(
+        store,
+        ckpt["store"],
+        what=f"the checkpoint {key} (trained on {ckpt['store']['path']})",
+        error=CheckpointError,
+    )
+
+
+def load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], *, key: str
+) -> dict[str, list[str]] | None:
+    """Load a checkpoint's weights: ``load_from`` when the head has one (vivit_fe: other frame counts)."""
+    if hasattr(model, "load_from"):
+        return model.load_from(state)  # raises CheckpointError itself
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{key}: weights do not fit this head (same name, other options?): "
+            f"{str(e).splitlines()[0][:300]}; use the checkpoint's head.options"
+        ) from None
+    return None
+
+
+def check_resume(ckpt: dict[str, Any], cfg: TrainConfig, store: FeatureStore, path: str) -> None:
+    """Refuse resuming a run with a config or store that would train something else."""
+    old, new = _prune(ckpt["config"]), _prune(to_dict(cfg))
+    changes = diff(old, new)
+    if ckpt["store"]["fingerprint"] != store.spec.fingerprint:
+        changes.append(
+            f"store fingerprint {ckpt['store']['fingerprint'][:12]} -> {store.spec.fingerprint[:12]}"
+        )
+    if changes:
+        raise CheckpointError(
+            f"{path} was written by a run with another config ({'; '.join(changes[:6])}); resuming would not "
+            f"continue it. Use another run.out for the new config (head.init_from={path} starts from these "
+            "weights), or run.resume=false to start anew here."
+        )
+
+
+def _prune(config: dict[str, Any]) -> dict[str, Any]:
+    out = {section: dict(values) for section, values in config.items()}
+    for key in RESUMABLE_CHANGES:
+        section, name = key.split(".")
+        out.get(section, {}).pop(name, None)
+    return out
+
+
+def num_classes(store: FeatureStore) -> int:
+    if len(store.classes) < 2:
+        raise StoreMismatchError(
+            f"{store.path} has {len(store.classes)} classes {list(store.classes)}; "
+            "a classifier needs at least 2"
+        )
+    return len(store.classes)

@@ -1,0 +1,276 @@
+"""Store -> PyTorch datasets: clips cut from stored rows, a stored view per epoch, jitter, token dropout.
+
+    FeatureStore + video ids
+      ClipDataset(mode="train"): item i = video i; each epoch: view v(seed, epoch, id), start row o
+        (random within the stored rows with jitter, else centred); rows o + arange(T) * stride
+      ClipDataset(mode="eval"):  item = (video, view, clip k) for every stored view, eval_clips per view
+      --__getitems__: one batched store read per batch--> {name: [B, T, *shape]}, labels [B], video [B]
+
+A stride counts stored rows: a view of 8 stored rows gives T=8 stride 1, T=4 stride 2 or 3, T=2 stride
+up to 7. Every random choice is a function of (seed, epoch, video id) alone, so a batch is the same
+whatever the loader workers, the batch size or the process that reads it.
+
+Example:
+    >>> fs = FeatureStore("runs/tiny.zarr")                                   # doctest: +SKIP
+    >>> train_ids, val_ids = split_ids(fs, val_fraction=0.2)                  # doctest: +SKIP
+    >>> ds = ClipDataset(fs, train_ids, 8, 1, "train", tensors=["final.cls"])  # doctest: +SKIP
+    >>> ds.set_epoch(3); batch = collate_clips(ds.__getitems__([0, 1]))       # doctest: +SKIP
+    >>> batch["feats"]["final.cls"].shape                                     # doctest: +SKIP
+    torch.Size([2, 8, 512])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pipeline.errors import StoreMismatchError
+from store import FeatureStore
+
+TOKEN_KINDS = ("tokens", "q", "k")  # per-frame shape [L, ...] with the CLS at token 0 (never dropped)
+CELL_KINDS = ("pooled",)  # per-frame shape [p*p, d]: patch cells only
+VIEW_POLICIES = ("cycle", "random", "first")  # which stored view a video gives in each training epoch
+
+
+def split_ids(store: FeatureStore, val_fraction: float) -> tuple[list[str], list[str]]:
+    """Labelled video ids, split into (train, val) by a stable hash of each id.
+
+    The split depends on the id alone (not on the seed, the order or the other videos), so runs with
+    other seeds or on a grown store keep their validation videos. Unlabelled videos (label -1) are left out.
+    """
+    train, val = [], []
+    for rec in store.videos:
+        if rec.label < 0:
+            continue
+        digest = hashlib.blake2b(rec.id.encode(), digest_size=8).digest()
+        (val if int.from_bytes(digest, "little") / 2**64 < val_fraction else train).append(rec.id)
+    return train, val
+
+
+def clip_span(frames: int, stride: int) -> int:
+    """Stored rows one clip covers."""
+    return (frames - 1) * stride + 1
+
+
+def check_clips_fit(
+    store: FeatureStore, ids: Sequence[str], frames: int, stride: int, short_videos: str = "refuse"
+) -> None:
+    """Refuse, before training, a clip longer than some stored views (unless ``short_videos="pad"``)."""
+    span = clip_span(frames, stride)
+    short = [
+        (store.video(v).id, view, n) for v in ids for view, (_, n) in store.video(v).views.items() if n < span
+    ]
+    if not short or short_videos == "pad":
+        return
+    vid, view, n = min(short, key=lambda s: s[2])
+    fits = f"frames={n} with stride 1" + (
+        f", or frames={(n - 1) // stride + 1} with stride {stride}" if stride > 1 else ""
+    )
+    sampling = store.spec.sampling
+    raise StoreMismatchError(
+        f"data.frames={frames} x data.stride={stride} needs {span} stored rows per view, but {len(short)} "
+        f"view(s) of {store.path} hold fewer (shortest: {vid!r} view {view} with {n} rows; the store was "
+        f"extracted with sampling mode={sampling.get('mode')!r} frames={sampling.get('frames')} "
+        f"stride={sampling.get('stride')}). Ask for at most {fits}, extract "
+        "again with more frames, or set data.short_videos=pad to repeat the last stored row."
+    )
+
+
+def clip_rows(n_rows: int, frames: int, stride: int, start: int) -> np.ndarray:
+    """Row indices ``start + arange(frames) * stride``, clamped to the last row (padding short views)."""
+    return np.minimum(start + np.arange(frames, dtype=np.int64) * stride, n_rows - 1)  # [T]
+
+
+def spread_starts(slack: int, count: int) -> list[int]:
+    """``count`` distinct clip starts evenly over ``[0, slack]`` (one clip = centred)."""
+    if count == 1:
+        return [slack // 2]
+    return sorted({int(round(x)) for x in np.linspace(0, slack, count)})
+
+
+class ClipDataset(Dataset):
+    """Clips of stored rows; ``mode="train"`` (a video per item) or ``"eval"`` (a clip of a view per item).
+
+    Args:
+        store: an open :class:`store.FeatureStore` (picklable: loader workers reopen it lazily).
+        split_ids: the video ids of this split (see :func:`split_ids`).
+        frames, stride: T frames, ``stride`` stored rows apart.
+        mode: ``"train"`` or ``"eval"``.
+        tensors: store tensor names to read (the head's ``inputs``).
+        jitter: train: random start row within the stored rows (else centred).
+        token_dropout: train: probability of zeroing a patch token or pooled cell (CLS never).
+        seed: with the epoch, fixes every random choice.
+        views: train view per (epoch, video): ``cycle`` (each in turn, from a per-video phase),
+            ``random`` (uniform each epoch) or ``first`` (always view 0: no view augmentation).
+        eval_clips: eval: clips per view, starts spread evenly over the stored rows.
+        short_videos: ``refuse`` (:class:`StoreMismatchError` now) or ``pad`` a view shorter than a clip.
+
+    Raises:
+        StoreMismatchError: a tensor the store lacks, or a clip longer than a stored view.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        split_ids: Sequence[str],
+        frames: int,
+        stride: int,
+        mode: Literal["train", "eval"],
+        tensors: Sequence[str],
+        jitter: bool = True,
+        token_dropout: float = 0.0,
+        seed: int = 0,
+        views: str = "cycle",
+        eval_clips: int = 1,
+        short_videos: str = "refuse",
+    ) -> None:
+        if mode not in ("train", "eval") or views not in VIEW_POLICIES:
+            raise ValueError(
+                f"need mode 'train' or 'eval' and views in {VIEW_POLICIES}, got {mode!r}, {views!r}"
+            )
+        self.store, self.frames, self.stride, self.mode = store, frames, stride, mode
+        self.tensors = list(tensors)
+        for name in self.tensors:
+            store.spec.tensor(name)  # StoreMismatchError naming what the store holds
+        self.ids = list(split_ids)
+        check_clips_fit(store, self.ids, frames, stride, short_videos)
+        self.jitter, self.token_dropout, self.seed, self.views = jitter, token_dropout, seed, views
+        self.labels = np.array([store.video(v).label for v in self.ids], dtype=np.int64)
+        self._keys = [zlib.crc32(v.encode()) for v in self.ids]  # stable per-video seed part
+        self._kinds = {t.name: (t.kind, t.shape) for t in store.spec.tensors if t.name in self.tensors}
+        self.items = self._eval_items(eval_clips) if mode == "eval" else []
+        self.epoch = 0
+
+    def _eval_items(self, eval_clips: int) -> list[tuple[int, int, int]]:
+        span, items = clip_span(self.frames, self.stride), []
+        for i, vid in enumerate(self.ids):
+            for view, (_, n) in sorted(self.store.video(vid).views.items()):
+                items += [(i, view, s) for s in spread_starts(max(n - span, 0), eval_clips)]
+        return items
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's views, starts and dropout masks (call before creating the loader iterator)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items) if self.mode == "eval" else len(self.ids)
+
+    def _rng(self, i: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, self._keys[i], stream])
+
+    def clip(self, index: int) -> tuple[int, int, np.ndarray]:
+        """(video number, view, row indices [T]) of item ``index`` this epoch."""
+        if self.mode == "eval":
+            i, view, start = self.items[index]
+            n = self.store.video(self.ids[i]).views[view][1]
+            return i, view, clip_rows(n, self.frames, self.stride, start)
+        rec, rng = self.store.video(self.ids[index]), self._rng(index, 0)
+        views = sorted(rec.views)
+        if self.views == "random":
+            view = views[int(rng.integers(len(views)))]
+        elif self.views == "cycle":
+            view = views[(self.epoch + self._keys[index]) % len(views)]
+        else:
+            view = views[0]
+        n = rec.views[view][1]
+        slack = max(n - clip_span(self.frames, self.stride), 0)
+        start = int(rng.integers(slack + 1)) if self.jitter else slack // 2
+        return index, view, clip_rows(n, self.frames, self.stride, start)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        batch = self.__getitems__([index])
+        return {
+            "feats": {k: v[0] for k, v in batch["feats"].items()},
+            "label": batch["label"][0],
+            "video": batch["video"][0],
+        }
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        """A whole batch in one store read: ``{"feats": {name: [B, T, ...]}, "label": [B], "video": [B]}``."""
+        clips = [self.clip(int(k)) for k in indices]
+        feats = self.store.read_clips(
+            [(self.ids[i], view, rows) for i, view, rows in clips], tensors=self.tensors, dtype=np.float16
+        )
+        if self.mode == "train" and self.token_dropout > 0:
+            for b, (i, _, _) in enumerate(clips):
+                self._drop_tokens(feats, b, self._rng(i, 1))
+        videos = np.array([i for i, _, _ in clips], dtype=np.int64)
+        return {"feats": feats, "label": self.labels[videos], "video": videos}
+
+    def _drop_tokens(self, feats: dict[str, np.ndarray], b: int, rng: np.random.Generator) -> None:
+        """Zero the same random patch tokens of clip ``b`` in every tensor with that token axis."""
+        masks: dict[tuple[str, int], np.ndarray] = {}
+        for name, (kind, shape) in sorted(self._kinds.items()):
+            if kind not in TOKEN_KINDS + CELL_KINDS:
+                continue
+            key = ("cells" if kind in CELL_KINDS else "tokens", shape[0])
+            if key not in masks:
+                drop = rng.random((self.frames, shape[0])) < self.token_dropout  # [T, L]
+                if key[0] == "tokens":
+                    drop[:, 0] = False  # the CLS token carries the frame summary: keep it
+                masks[key] = drop
+            feats[name][b][masks[key]] = 0
+
+
+def collate_clips(batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch from :meth:`ClipDataset.__getitems__` (or a list of items) as tensors."""
+    if isinstance(batch, list):  # items one by one (a plain DataLoader without __getitems__)
+        batch = {
+            "feats": {k: np.stack([s["feats"][k] for s in batch]) for k in batch[0]["feats"]},
+            "label": np.array([s["label"] for s in batch]),
+            "video": np.array([s["video"] for s in batch]),
+        }
+    return {
+        "feats": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch["feats"].items()},
+        "label": torch.as_tensor(batch["label"], dtype=torch.long),
+        "video": torch.as_tensor(batch["video"], dtype=torch.long),
+    }
+
+
+class EpochSampler(Sampler[int]):
+    """This process's share of a seeded per-epoch permutation (train) or of the items in order (eval).
+
+    Unlike ``DistributedSampler`` it never repeats items: an evaluation sees every clip exactly once
+    across processes. Shuffled (training) shares are made equal by leaving out the last ``size % world``
+    items of the epoch's permutation (other items each epoch), so every process takes as many steps.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+            order = order[: len(self) * self.world]  # equal shares: DDP processes step together
+        else:
+            order = list(range(self.size))
+        return iter(order[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        return self.size // self.world if self.shuffle else len(range(self.rank, self.size, self.world))
+
+
+def make_loader(
+    dataset: ClipDataset, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0, rank: int = 0,
+    world: int = 1, pin_memory: bool = False,
+) -> DataLoader:  # fmt: skip
+    """Batches of ``dataset`` for this process: one batched store read each, ``workers`` reading ahead.
+
+    Call ``loader.sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` before iterating epoch ``e``.
+    """
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),  # worker seeds: not global RNG
+    )  # fmt: skip
