@@ -29,6 +29,7 @@ class SynthSpec:
     frames: int | None = None  # None = the task's default (32; 64 for longrange)
     fps: float = 8.0
     classes: int | None = None  # None = the task's default
+    sprite: float = 0.25  # sprite side / frame side; larger is easier for a weak (random-init) backbone
 
 
 @dataclass
@@ -143,7 +144,7 @@ def run_dataset(p: Plan) -> list[dict[str, Any]]:
 
         s = p.dataset.synth
         generate(p.root / "data", task=s.task, videos=s.videos, seed=s.seed, size=s.size, frames=s.frames,
-                 fps=s.fps, classes=s.classes)
+                 fps=s.fps, classes=s.classes, sprite=s.sprite)
     if store_is_current(p.extract):
         print(f"[{p.dataset.name}] stage one: {p.extract.store.path} already holds these features; skipped")
     else:

@@ -146,6 +146,7 @@ def render(
     frames: int = 32,
     classes: int | None = None,
     cue_frames: int | None = None,
+    sprite: float = 0.25,
 ) -> tuple[np.ndarray, dict]:
     """Render one video in memory. Pure: the same arguments give the same pixels.
 
@@ -161,6 +162,7 @@ def render(
         frames: number of frames T.
         classes: number of classes (task default if ``None``).
         cue_frames: ``longrange`` only: frames that show the cue (default ``frames // 8``).
+        sprite: sprite side as a fraction of the frame side (0.25: a quarter; larger is easier to see).
 
     Returns:
         ``(video, meta)``: video ``[T, size, size, 3]`` uint8 RGB; meta is JSON-able (digit, trajectory...).
@@ -171,7 +173,9 @@ def render(
     if size < 16 or frames < 2:
         raise ConfigError(f"size={size}, frames={frames}; expected size >= 16 and frames >= 2")
     rng = np.random.default_rng(seed)
-    s = size // 4  # sprite side: a quarter of the frame
+    if not 0.05 <= sprite <= 0.75:
+        raise ConfigError(f"sprite={sprite}; expected a fraction of the frame side in [0.05, 0.75]")
+    s = max(2, int(size * sprite))  # sprite side in pixels
     room = size - s
     digit = label if task == "appearance" else int(rng.integers(0, 10))
     alpha = _sprite(rng, digit, s)
@@ -240,6 +244,7 @@ def generate(
     fps: float = 8.0,
     classes: int | None = None,
     cue_frames: int | None = None,
+    sprite: float = 0.25,
 ) -> list[dict]:
     """Write ``videos`` labelled mp4s plus ``labels.csv`` and ``classes.txt`` under ``out_dir``.
 
@@ -256,6 +261,7 @@ def generate(
         fps: frame rate written into the mp4.
         classes: number of classes (default 4, or 2 for ``longrange``).
         cue_frames: ``longrange`` only: frames showing the cue (default ``frames // 8``).
+        sprite: sprite side as a fraction of the frame side.
 
     Returns:
         One dict per video: ``path`` (relative to ``out_dir``), ``label``, ``label_index``, ``fps``,
@@ -271,7 +277,8 @@ def generate(
     rows = []
     for i, label in enumerate(labels.tolist()):
         video, meta = render(
-            task, label, (seed, i), size=size, frames=frames, classes=len(names), cue_frames=cue_frames
+            task, label, (seed, i), size=size, frames=frames, classes=len(names), cue_frames=cue_frames,
+            sprite=sprite,
         )
         rel = f"videos/{i:06d}.mp4"
         write_video(out / rel, video, fps)
@@ -319,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cue-frames", type=int, default=None, help="longrange: frames showing the cue (default frames // 8)"
     )
+    p.add_argument("--sprite", type=float, default=0.25, help="sprite side / frame side (default 0.25)")
     return p
 
 
@@ -336,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fps=args.fps,
         classes=args.classes,
         cue_frames=args.cue_frames,
+        sprite=args.sprite,
     )
     r = rows[0]
     n_classes = len(class_names(args.task, args.classes))

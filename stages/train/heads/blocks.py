@@ -174,3 +174,18 @@ class PreLNBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_1(x)))
         return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class FeatureNorm(nn.Module):
+    """Standardise frozen features over the batch: BatchNorm without affine parameters (MAE's linear-probe
+    practice). A frozen backbone's per-video differences can be a few percent of the features' magnitude
+    (random-init or poorly matched backbones); standardising lets a small head use them within a short
+    schedule. Works on any leading shape: [..., d] -> [..., d]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return self.bn(x.reshape(-1, shape[-1]).float()).reshape(shape)  # [..., d]

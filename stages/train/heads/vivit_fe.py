@@ -106,10 +106,11 @@ class ViViTFEHead(Head):
 
     def __init__(
         self, *, feature: str, feat_dim: int, adapter: nn.Module, num_classes: int, num_frames: int,
-        dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float,
+        dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float, input_norm: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.feature = feature
+        self.input_norm = blocks.FeatureNorm(feat_dim) if input_norm else nn.Identity()
         self.num_frames = num_frames
         self.inputs = [feature, *(n for n in adapter.inputs if n != feature)]
         self.adapter = adapter
@@ -131,7 +132,7 @@ class ViViTFEHead(Head):
                 f"vivit_fe head was built for {self.num_frames} frames but got {T}; build it for {T} frames "
                 "and initialise it with head.load_from(state_dict) (interpolates the position embedding)"
             )
-        x = self.proj(self.adapter(x, feats))  # [B, T, dim]
+        x = self.proj(self.adapter(self.input_norm(x), feats))  # [B, T, dim]
         cls = self.cls_token.expand(B, 1, -1)  # [B, 1, dim]
         x = torch.cat([cls, x.to(cls.dtype)], dim=1) + self.pos_embed  # [B, 1+T, dim]
         for block in self.blocks:
@@ -229,6 +230,7 @@ def build_vivit_fe(
     dropout: float = 0.0,  # released ViViT configs use 0
     adapter: str = "mlp",  # option A, the compact adapter (§1.4)
     tokens_layer: str | None = None,  # None: the deepest stored b*.tokens (the most semantic patches)
+    input_norm: bool = False,  # standardise per-frame features over the batch (weak/random backbones)
 ) -> ViViTFEHead:
     """Build the ViViT-FE temporal head.
 
@@ -242,6 +244,8 @@ def build_vivit_fe(
         dropout: dropout after attention and MLP, and before the classifier.
         adapter: ``"mlp"`` (A), ``"query"`` (B, needs patch tokens) or ``"none"``.
         tokens_layer: adapter B's tokens ("b11", "b11.tokens" or "b11.pooled"); default deepest b*.tokens.
+        input_norm: BatchNorm without affine on the per-frame features before the adapter (not in the
+            paper: frozen CLIP features need none; it helps random-init test backbones train quickly).
     """
     name, feat_dim = blocks.resolve_cls_feature(tensors, feature)
     dim = dim or feat_dim
@@ -251,5 +255,5 @@ def build_vivit_fe(
     return ViViTFEHead(
         feature=name, feat_dim=feat_dim, adapter=_adapter(adapter, tensors, backbone, feat_dim, tokens_layer),
         num_classes=num_classes, num_frames=num_frames, dim=dim, depth=depth, heads=heads,
-        mlp_ratio=mlp_ratio, dropout=dropout,
+        mlp_ratio=mlp_ratio, dropout=dropout, input_norm=input_norm,
     )  # fmt: skip
