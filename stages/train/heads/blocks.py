@@ -188,4 +188,8 @@ class FeatureNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        return self.bn(x.reshape(-1, shape[-1]).float()).reshape(shape)  # [..., d]
+        flat = x.reshape(-1, shape[-1]).float()  # [N, d]
+        if self.training and flat.shape[0] < 2:  # a last batch of one: no batch statistics to take
+            return F.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False,
+                                eps=self.bn.eps).reshape(shape)
+        return self.bn(flat).reshape(shape)  # [..., d]

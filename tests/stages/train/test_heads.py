@@ -384,3 +384,18 @@ def test_evl_without_cross_frame_needs_no_qk(feats):
 def test_evl_wrong_frame_count_says_how_to_fix(feats, frozen):
     with pytest.raises(ValueError, match="built for 8 frames but b0.tokens has 32.*num_frames=32"):
         build("evl", feats, frozen)(make_feats(frozen, 32))
+
+
+def test_input_norm_standardises_and_survives_a_batch_of_one() -> None:
+    from stages.train.heads.blocks import FeatureNorm
+
+    norm = FeatureNorm(8).train()
+    x = 10.0 + 0.01 * torch.randn(64, 3, 8)  # tiny differences on a large offset, as a weak backbone gives
+    y = norm(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.reshape(-1, 8).mean(0), torch.zeros(8), atol=1e-2, rtol=0)
+    torch.testing.assert_close(y.reshape(-1, 8).std(0), torch.ones(8), atol=1e-2, rtol=0)
+    assert torch.isfinite(norm(x[:1, :1])).all()  # one row in training mode: running statistics
+    head = HEADS.get("linear")(tensors={"final.cls": (8,)}, backbone={}, num_classes=3, num_frames=3,
+                               input_norm=True)
+    assert head({"final.cls": x[:1]}).shape == (1, 3)
