@@ -54,6 +54,7 @@ class Stats:
     write_s: float = 0.0
     wall_s: float = 0.0
     failures: list[dict[str, str]] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)  # frames per device batch, in order
 
 
 @dataclass
@@ -91,7 +92,8 @@ class Extractor:
         self._pieces: deque[tuple[Any, ...]] = deque()
         self._resolved = 0
         ctx = _context()
-        self._tasks, self._results = ctx.Queue(), ctx.Queue(maxsize=4 * self.workers)
+        self._tasks, self._results = ctx.Queue(), ctx.Queue(maxsize=self._queue_size())
+        self._decoded = 0  # videos whose worker is finished with them (done or failed)
         for n in numbers:
             self._tasks.put(n)
         procs = [self._spawn(ctx) for _ in range(min(self.workers, max(1, len(numbers))))]
@@ -113,6 +115,12 @@ class Extractor:
         self.stats.wall_s = time.perf_counter() - t0
         return self.stats
 
+    def _queue_size(self) -> int:
+        """Messages in flight: room for two device batches of frame chunks, plus info/done messages.
+        A bound in messages rather than frames starved the device of full batches (benchmarks/extract.py)."""
+        chunk = max(1, min(self.job.chunk, self.job.frames if self.job.mode == "clips" else self.job.chunk))
+        return 4 * self.workers + 3 * -(-2 * self.batch_frames // chunk)
+
     def _spawn(self, ctx: Any) -> tuple[Any, Any, Any]:
         slot, started = ctx.Value("l", -1), ctx.Value("d", 0.0)
         proc = ctx.Process(target=worker_main, daemon=True,
@@ -127,7 +135,7 @@ class Extractor:
             try:
                 msg = self._results.get(timeout=0.05)
             except queue.Empty:
-                if self._pieces:
+                if self._pieces and (self.stats.batches or self._decoded >= self.stats.scheduled):
                     self._run_batch()  # the workers are slower than the device: do not wait for a full batch
                 self._check_workers(ctx, procs)
                 continue
@@ -172,6 +180,7 @@ class Extractor:
             self.stats.decode_s += seconds
             self._pieces.append((number, view, row0, 0, frames))
         elif kind == "done":
+            self._decoded += 1
             self._videos[number].done = True
             self._maybe_commit(number)
 
@@ -192,6 +201,7 @@ class Extractor:
     def _fail(self, number: int, stage: str, error: str) -> None:
         item = self.items[number]
         self._dead.add(number)
+        self._decoded += 1
         self._videos.pop(number, None)
         self._pieces = deque(p for p in self._pieces if p[0] != number)
         self.stats.failed += 1
@@ -215,6 +225,7 @@ class Extractor:
             room -= take
         t0 = time.perf_counter()
         batch = torch.from_numpy(np.concatenate(frames))  # [B, 3, S, S] float16
+        self.stats.batches.append(len(batch))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         outputs = self.backbone.forward_tensors(batch.to(self.device).float(), self.requests)
