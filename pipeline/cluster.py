@@ -199,18 +199,9 @@ def run_cluster(cfg: ExtractConfig) -> int:
 
 def prepare_store(cfg: ExtractConfig, classes: list[str]) -> set[str]:
     """Create (or check) the store on the driver, before any task opens it; the committed ids."""
-    from stages.extract.backbones import build_backbone
-    from stages.extract.stage import build_spec, frozen_layers, parse_requests
-    from store import create_store
+    from stages.extract import stage
 
-    backbone = build_backbone(cfg.backbone.name, pretrained=cfg.backbone.pretrained,
-                              weights_file=cfg.backbone.weights_file, device="cpu")  # the spec only
-    requests = backbone.resolve(parse_requests(cfg.tensors, cfg.pool))
-    qk = getattr(backbone, "qk_recomputable", True)
-    layers = frozen_layers(requests, backbone.spec["depth"]) if qk else []
-    frozen = backbone.frozen_weights(layers) if layers else {}
-    create_store(cfg.store.path, build_spec(cfg, backbone, requests, classes, sorted(frozen)),
-                 overwrite=cfg.store.overwrite, frozen=frozen)
+    stage.prepare_store(cfg, classes, device="cpu")  # the driver only needs the spec: CPU is enough
     return _committed_ids(cfg.store.path)
 
 

@@ -76,7 +76,7 @@ class ClusterConfig:
     kind: Literal["none", "local", "address", "slurm", "pbs"] = "none"  # none = this process only
     workers: int | None = None  # local/slurm/pbs: worker processes (local default: GPUs, else cores // 2)
     address: str | None = None  # kind=address: the scheduler of an existing dask cluster (tcp://host:8786)
-    parts: int | None = None  # work split into this many parts (default 4 x workers); one task owns one part
+    parts: int | None = None  # parts of the work, one task each (default 4 x workers, >= 16 videos per part)
     retries: int = 2  # times a failed task is retried on another worker
     jobqueue: dict[str, str | int | float | list[str]] = field(default_factory=dict)  # SLURMCluster/PBSCluster kwargs
 

@@ -12,6 +12,7 @@ compression and writes run in a thread (blosc and file I/O release the GIL).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -124,7 +125,7 @@ class Extractor:
     def _spawn(self, ctx: Any) -> tuple[Any, Any, Any]:
         slot, started = ctx.Value("l", -1), ctx.Value("d", 0.0)
         proc = ctx.Process(target=worker_main, daemon=True,
-                           args=(self.job, self.items, self._tasks, self._results, slot, started))
+                           args=(self.job, self.items, self._tasks, self._results, slot, started, os.getpid()))
         proc.start()
         return proc, slot, started
 

@@ -87,6 +87,21 @@ def select_part(items: list[sources.VideoItem], part: str | None) -> tuple[list[
     return [n for k, n in enumerate(order) if k % count == index], layout.part_name(index, count), False
 
 
+def prepare_store(cfg: ExtractConfig, classes: list[str], device: str) -> tuple[FrozenBackbone, list[TensorRequest]]:
+    """Build the backbone, resolve the tensors, and create (or check) the store with their spec.
+
+    The one place a store's spec is made: stage one and the dask driver both call it.
+    """
+    backbone = build_backbone(cfg.backbone.name, pretrained=cfg.backbone.pretrained,
+                              weights_file=cfg.backbone.weights_file, device=device)
+    requests = backbone.resolve(parse_requests(cfg.tensors, cfg.pool))
+    layers = frozen_layers(requests, backbone.spec["depth"]) if backbone.qk_recomputable else []
+    frozen = backbone.frozen_weights(layers) if layers else {}
+    spec = build_spec(cfg, backbone, requests, classes, sorted(frozen))
+    create_store(cfg.store.path, spec, overwrite=cfg.store.overwrite, frozen=frozen)
+    return backbone, requests
+
+
 def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int] | None = None,
                 steal_lock: bool = False) -> Stats:
     """Extract every video of ``cfg.source`` not yet committed; returns the run's statistics.
@@ -99,13 +114,7 @@ def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int]
     part = part or default_part
     if items is not None:
         numbers = items
-    backbone = build_backbone(cfg.backbone.name, pretrained=cfg.backbone.pretrained,
-                              weights_file=cfg.backbone.weights_file, device=_device(cfg.backbone.device))
-    requests = backbone.resolve(parse_requests(cfg.tensors, cfg.pool))
-    layers = frozen_layers(requests, backbone.spec["depth"]) if backbone.qk_recomputable else []
-    frozen = backbone.frozen_weights(layers) if layers else {}
-    spec = build_spec(cfg, backbone, requests, classes, sorted(frozen))
-    create_store(cfg.store.path, spec, overwrite=cfg.store.overwrite, frozen=frozen)
+    backbone, requests = prepare_store(cfg, classes, _device(cfg.backbone.device))
     done = {v.id for v in FeatureStore(cfg.store.path).videos}
     todo = [n for n in numbers if video_items[n].id not in done]
     if cfg.run.limit is not None:

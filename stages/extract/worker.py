@@ -14,6 +14,8 @@ decoder crashes the whole process (a segfault cannot be caught in-process).
 
 from __future__ import annotations
 
+import os
+import queue
 import time
 import traceback
 from dataclasses import dataclass
@@ -94,24 +96,69 @@ def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any
     send(("done", number))
 
 
+class ParentGone(Exception):
+    """The extraction process that started this worker is dead: stop instead of blocking forever."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _put(results: Any, parent: int) -> Any:
+    def put(msg: tuple[Any, ...]) -> None:
+        while True:
+            try:
+                return results.put(msg, timeout=2.0)
+            except queue.Full:
+                if not _alive(parent):
+                    raise ParentGone from None
+
+    return put
+
+
+def _get(tasks: Any, parent: int) -> Any:
+    while True:
+        try:
+            return tasks.get(timeout=2.0)
+        except queue.Empty:
+            if not _alive(parent):
+                raise ParentGone from None
+
+
 def worker_main(job: DecodeJob, items: list[sources.VideoItem], tasks: Any, results: Any, slot: Any,
-                started: Any) -> None:
-    """Process entry point: decode tasks until the ``None`` sentinel; never raises per video."""
+                started: Any, parent: int) -> None:
+    """Process entry point: decode tasks until the ``None`` sentinel, or until ``parent`` dies (a killed
+    run must not leave decoders blocked on its queues); never raises per video."""
     import torch
 
     torch.set_num_threads(1)  # one core per worker: parallelism comes from the number of workers
+    send = _put(results, parent)
     while True:
-        number = tasks.get()
+        try:
+            number = _get(tasks, parent)
+        except ParentGone:
+            return
         if number is None:
             return
         slot.value, started.value = number, time.time()
         item = items[number]
         try:
-            decode_video(job, number, item, results.put)
+            decode_video(job, number, item, send)
+        except ParentGone:
+            return
         except Exception as e:  # noqa: BLE001 - one bad video never stops the run
             stage = "open" if isinstance(e, (decode.DecodeError, FileNotFoundError)) else "decode"
             message = f"{type(e).__name__}: {e}"
             if not isinstance(e, decode.DecodeError):
                 message += "\n" + traceback.format_exc(limit=3)
-            results.put(("fail", number, stage, message))
+            try:
+                send(("fail", number, stage, message))
+            except ParentGone:
+                return
         slot.value = -1

@@ -212,3 +212,24 @@ def test_webdataset_input_equals_folder_input(direction_videos: Path, tmp_path: 
         np.testing.assert_allclose(fa.read(va.id)["final.cls"], fb.read(vb.id)["final.cls"], atol=1e-2, rtol=1e-2)
         assert va.num_frames == vb.num_frames
     assert not any(p.suffix == ".mp4" for p in tmp_path.rglob("*") if "wds" in str(p))  # nothing unpacked
+
+
+def test_decode_worker_exits_when_its_parent_is_gone() -> None:
+    """A killed run must not leave decoders blocked on its queues (they would live forever)."""
+    import multiprocessing as mp
+    import threading
+
+    from stages.extract.stage import decode_job
+    from stages.extract.worker import worker_main
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer exists
+    ctx = mp.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue(maxsize=1)
+    cfg = config("unused.csv", Path("unused.zarr"))
+    job = decode_job(cfg, build_backbone("test_timm_vit"))
+    worker = threading.Thread(target=worker_main, daemon=True,
+                              args=(job, [], tasks, results, ctx.Value("l", -1), ctx.Value("d", 0.0), dead.pid))
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive()  # returned: the empty task queue did not block it forever
