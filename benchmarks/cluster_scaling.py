@@ -41,15 +41,28 @@ def machine() -> dict:
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.exists() else []
     cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "")
-    return {"cpu": cpu, "cores": cluster._cores(), "gpus": cluster._gpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "dask": dask.__version__,
-            "load_avg_1m_at_start": os.getloadavg()[0]}
+    return {
+        "cpu": cpu,
+        "cores": cluster._cores(),
+        "gpus": cluster._gpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "dask": dask.__version__,
+        "load_avg_1m_at_start": os.getloadavg()[0],
+    }
 
 
 def config(videos: Path, store: Path, **overrides: object) -> ExtractConfig:
-    items = [f"source={videos / 'labels.csv'}", f"store.path={store}", "backbone.name=test_openclip_vit",
-             "backbone.batch_frames=64", "tensors=[final.cls]", "sampling.mode=dense", "run.decode_workers=1",
-             "run.progress=false"] + [f"{k}={v}" for k, v in overrides.items()]
+    items = [
+        f"source={videos / 'labels.csv'}",
+        f"store.path={store}",
+        "backbone.name=test_openclip_vit",
+        "backbone.batch_frames=64",
+        "tensors=[final.cls]",
+        "sampling.mode=dense",
+        "run.decode_workers=1",
+        "run.progress=false",
+    ] + [f"{k}={v}" for k, v in overrides.items()]
     return load_config(ExtractConfig, None, items)
 
 
@@ -78,8 +91,11 @@ def dask_run(videos: Path, work: Path, workers: int, parts: int, repeat: int) ->
         client.run(_warm)
         started = time.perf_counter() - t0
         for r in range(repeat):
-            cfg = config(videos, work / f"dask{workers}-{count}-{r}.zarr",
-                         **{"cluster.kind": "local", "cluster.workers": workers})
+            cfg = config(
+                videos,
+                work / f"dask{workers}-{count}-{r}.zarr",
+                **{"cluster.kind": "local", "cluster.workers": workers},
+            )
             committed = cluster.prepare_store(cfg, classes)
             t1 = time.perf_counter()
             plan = cluster.plan_parts(items, committed, count)
@@ -89,10 +105,16 @@ def dask_run(videos: Path, work: Path, workers: int, parts: int, repeat: int) ->
             results, errors = cluster.collect(futures)
             assert not errors, errors
             frames = sum(x["frames"] for x in results)
-    return {"mode": f"dask LocalCluster, {workers} worker(s) x 1 decode process", "workers": workers,
-            "parts": count, "frames": frames, "wall_s": round(min(walls), 2),
-            "walls_s": [round(w, 2) for w in walls],
-            "frames_per_s": round(frames / min(walls), 1), "cluster_start_s": round(started, 2)}
+    return {
+        "mode": f"dask LocalCluster, {workers} worker(s) x 1 decode process",
+        "workers": workers,
+        "parts": count,
+        "frames": frames,
+        "wall_s": round(min(walls), 2),
+        "walls_s": [round(w, 2) for w in walls],
+        "frames_per_s": round(frames / min(walls), 1),
+        "cluster_start_s": round(started, 2),
+    }
 
 
 def plain_run(videos: Path, work: Path, decode_workers: int, repeat: int) -> dict:
@@ -100,13 +122,23 @@ def plain_run(videos: Path, work: Path, decode_workers: int, repeat: int) -> dic
     from stages.extract.stage import run_extract
 
     run_extract(config(videos, work / f"warm{decode_workers}.zarr", **{"run.limit": 1}))  # fork server up
-    runs = [run_extract(config(videos, work / f"plain{decode_workers}-{r}.zarr",
-                               **{"run.decode_workers": decode_workers})) for r in range(repeat)]
+    runs = [
+        run_extract(
+            config(videos, work / f"plain{decode_workers}-{r}.zarr", **{"run.decode_workers": decode_workers})
+        )
+        for r in range(repeat)
+    ]
     best = min(runs, key=lambda st: st.wall_s)
-    return {"mode": f"plain process (no dask), {decode_workers} decode process(es)", "workers": 1, "parts": 1,
-            "frames": best.frames, "wall_s": round(best.wall_s, 2),
-            "walls_s": [round(st.wall_s, 2) for st in runs],
-            "frames_per_s": round(best.frames / best.wall_s, 1), "cluster_start_s": None}
+    return {
+        "mode": f"plain process (no dask), {decode_workers} decode process(es)",
+        "workers": 1,
+        "parts": 1,
+        "frames": best.frames,
+        "wall_s": round(best.wall_s, 2),
+        "walls_s": [round(st.wall_s, 2) for st in runs],
+        "frames_per_s": round(best.frames / best.wall_s, 1),
+        "cluster_start_s": None,
+    }
 
 
 def overhead(tasks: int) -> dict:
@@ -118,15 +150,20 @@ def overhead(tasks: int) -> dict:
     loop_us = (time.perf_counter() - t) / tasks * 1e6
     import dask
 
-    with dask.config.set(cluster.NO_DAEMON), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
-            lc.get_client() as client:
+    with (
+        dask.config.set(cluster.NO_DAEMON),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc,
+        lc.get_client() as client,
+    ):
         client.gather(client.map(_noop, range(100), pure=False))  # warm: functions pickled, comms open
         t = time.perf_counter()
         client.gather(client.map(_noop, range(tasks), pure=False))
         dask_us = (time.perf_counter() - t) / tasks * 1e6
-    return {"tasks": tasks, "plain_loop_us_per_task": round(loop_us, 3),
-            "dask_us_per_task": round(dask_us, 1)}
+    return {
+        "tasks": tasks,
+        "plain_loop_us_per_task": round(loop_us, 3),
+        "dask_us_per_task": round(dask_us, 1),
+    }
 
 
 def _items(cfg: ExtractConfig) -> tuple[list, list[str]]:
@@ -137,24 +174,36 @@ def _items(cfg: ExtractConfig) -> tuple[list, list[str]]:
 
 def table(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs; Python {m['python']}, torch "
-             f"{m['torch']}, dask {m['dask']}; 1-min load average at start {m['load_avg_1m_at_start']:.1f}",
-             f"Workload: {result['workload']}", "",
-             "| run | parts | frames | wall s (best) | frames/s | vs 1 dask worker, same parts/worker | "
-             "cluster start s |", "|---|---|---|---|---|---|---|"]
-    dask1 = {r["parts"]: r["frames_per_s"] for r in result["scaling"]
-             if r["mode"].startswith("dask") and r["workers"] == 1}
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs; Python {m['python']}, torch "
+        f"{m['torch']}, dask {m['dask']}; 1-min load average at start {m['load_avg_1m_at_start']:.1f}",
+        f"Workload: {result['workload']}",
+        "",
+        "| run | parts | frames | wall s (best) | frames/s | vs 1 dask worker, same parts/worker | "
+        "cluster start s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    dask1 = {
+        r["parts"]: r["frames_per_s"]
+        for r in result["scaling"]
+        if r["mode"].startswith("dask") and r["workers"] == 1
+    }
     for r in result["scaling"]:
         start = "-" if r["cluster_start_s"] is None else f"{r['cluster_start_s']:.1f}"
         ref = dask1.get(r["parts"] // r["workers"]) if r["mode"].startswith("dask") else None
         speedup = "-" if ref is None else f"{r['frames_per_s'] / ref:.2f}x"
-        lines.append(f"| {r['mode']} | {r['parts']} | {r['frames']} | {r['wall_s']:.2f} | "
-                     f"{r['frames_per_s']:.1f} | {speedup} | {start} |")
+        lines.append(
+            f"| {r['mode']} | {r['parts']} | {r['frames']} | {r['wall_s']:.2f} | "
+            f"{r['frames_per_s']:.1f} | {speedup} | {start} |"
+        )
     o = result["overhead"]
-    lines += ["", "| per-task cost | µs per task |", "|---|---|",
-              f"| plain Python loop ({o['tasks']} calls) | {o['plain_loop_us_per_task']:.3f} |",
-              f"| dask client.map + gather, 2 local workers ({o['tasks']} tasks) | "
-              f"{o['dask_us_per_task']:.1f} |"]
+    lines += [
+        "",
+        "| per-task cost | µs per task |",
+        "|---|---|",
+        f"| plain Python loop ({o['tasks']} calls) | {o['plain_loop_us_per_task']:.3f} |",
+        f"| dask client.map + gather, 2 local workers ({o['tasks']} tasks) | {o['dask_us_per_task']:.1f} |",
+    ]
     return "\n".join(lines)
 
 
@@ -171,16 +220,26 @@ def main() -> None:
     info = machine()
     with tempfile.TemporaryDirectory(prefix="cluster_scaling_") as tmp:
         work = Path(tmp)
-        generate(work / "videos", task="direction", videos=args.videos, seed=0, size=args.size,
-                 frames=args.frames)
+        generate(
+            work / "videos", task="direction", videos=args.videos, seed=0, size=args.size, frames=args.frames
+        )
         v, n = work / "videos", args.repeat
-        scaling = [plain_run(v, work, 1, n), plain_run(v, work, 2, n),
-                   dask_run(v, work, 1, 4, n), dask_run(v, work, 2, 8, n),  # 4 parts per worker
-                   dask_run(v, work, 1, 1, n), dask_run(v, work, 2, 2, n)]  # 1 part per worker
-    result = {"machine": info | {"load_avg_1m_at_end": os.getloadavg()[0]},
-              "workload": f"{args.videos} synthetic videos, {args.size}x{args.size} px, {args.frames} frames "
-                          "each, dense sampling (every frame), test_openclip_vit -> final.cls",
-              "scaling": scaling, "overhead": overhead(args.tasks), "args": vars(args)}
+        scaling = [
+            plain_run(v, work, 1, n),
+            plain_run(v, work, 2, n),
+            dask_run(v, work, 1, 4, n),
+            dask_run(v, work, 2, 8, n),  # 4 parts per worker
+            dask_run(v, work, 1, 1, n),
+            dask_run(v, work, 2, 2, n),
+        ]  # 1 part per worker
+    result = {
+        "machine": info | {"load_avg_1m_at_end": os.getloadavg()[0]},
+        "workload": f"{args.videos} synthetic videos, {args.size}x{args.size} px, {args.frames} frames "
+        "each, dense sampling (every frame), test_openclip_vit -> final.cls",
+        "scaling": scaling,
+        "overhead": overhead(args.tasks),
+        "args": vars(args),
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     print(table(result))

@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.85  # DESIGN.md, "Performance: what we measure"
 EVL_TENSORS = "b-5.tokens,b-4.tokens,b-3.tokens,b-2.tokens,b-1.tokens,final.cls"  # as clip_b16_evl.yaml
 RANDOM_FALLBACK = {  # same architecture (same cost), random weights: when pretrained ones cannot be fetched
-    "openclip_vit_b16.openai": "open_clip:ViT-B-16", "openclip_vit_b16.laion2b": "open_clip:ViT-B-16",
+    "openclip_vit_b16.openai": "open_clip:ViT-B-16",
+    "openclip_vit_b16.laion2b": "open_clip:ViT-B-16",
     "openclip_vit_l14.openai": "open_clip:ViT-L-14",
     "timm_vit_small_patch16_224.augreg_in21k_ft_in1k": "timm:vit_small_patch16_224",
     "timm_vit_base_patch16_224.augreg2_in21k_ft_in1k": "timm:vit_base_patch16_224",
@@ -62,11 +63,16 @@ def make_config(a: argparse.Namespace, source: Path, store: Path, **sampling: An
     """The stage-one config every measurement shares (``sampling`` overrides, e.g. mode="dense")."""
     s = SamplingConfig(mode=a.mode, frames=a.clip_frames, stride=a.stride, temporal_views=a.views)
     return ExtractConfig(
-        source=str(source), tensors=a.tensors.split(","), pool=a.pool, sampling=replace(s, **sampling),
+        source=str(source),
+        tensors=a.tensors.split(","),
+        pool=a.pool,
+        sampling=replace(s, **sampling),
         store=StoreConfig(path=str(store), dtype=a.dtype, compression=a.compression, overwrite=True),
-        backbone=BackboneConfig(name=a.backbone, pretrained=a.pretrained, device=a.device,
-                                batch_frames=a.batch_frames),
-        run=RunConfig(decode_workers=a.workers, progress=False, seed=a.seed))
+        backbone=BackboneConfig(
+            name=a.backbone, pretrained=a.pretrained, device=a.device, batch_frames=a.batch_frames
+        ),
+        run=RunConfig(decode_workers=a.workers, progress=False, seed=a.seed),
+    )
 
 
 def load_backbone(a: argparse.Namespace) -> tuple[FrozenBackbone, str]:
@@ -78,8 +84,10 @@ def load_backbone(a: argparse.Namespace) -> tuple[FrozenBackbone, str]:
     except Exception as e:  # noqa: BLE001 - no network / no cache: any loader error means "no weights"
         if a.backbone not in RANDOM_FALLBACK:
             raise
-        note = (f"RANDOM init: pretrained weights of {a.backbone} unavailable ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:120]}); measured {RANDOM_FALLBACK[a.backbone]} (same arch)")
+        note = (
+            f"RANDOM init: pretrained weights of {a.backbone} unavailable ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120]}); measured {RANDOM_FALLBACK[a.backbone]} (same arch)"
+        )
         print(f"NOTE: {note}", file=sys.stderr)
         a.backbone, a.pretrained = RANDOM_FALLBACK[a.backbone], None
         return build_backbone(a.backbone, device=a.device), note
@@ -127,14 +135,26 @@ class _NoWriter:
 def decode_only(cfg: ExtractConfig, backbone: FrozenBackbone, requests: list) -> dict[str, Any]:
     """The engine itself (same worker pool, queue and packing) with the model and the store removed."""
     items, classes = sources.read_source(cfg.source)
-    ex = runner.Extractor(_NoModel(backbone, requests), requests, decode_job(cfg, backbone), _NoWriter(),
-                          classes=classes, workers=cfg.run.decode_workers,
-                          batch_frames=cfg.backbone.batch_frames, quantise=False)
+    ex = runner.Extractor(
+        _NoModel(backbone, requests),
+        requests,
+        decode_job(cfg, backbone),
+        _NoWriter(),
+        classes=classes,
+        workers=cfg.run.decode_workers,
+        batch_frames=cfg.backbone.batch_frames,
+        quantise=False,
+    )
     cpu0 = time.process_time()
     st = ex.run(items, list(range(len(items))))
-    return {"frames": st.frames, "seconds": st.wall_s, "frames_per_s": rate(st.frames, st.wall_s),
-            "per_worker_busy_frames_per_s": rate(st.frames, st.decode_s), "failed": st.failed,
-            "cpu_s": time.process_time() - cpu0 + st.decode_s}  # main + workers' busy time (1 thread each)
+    return {
+        "frames": st.frames,
+        "seconds": st.wall_s,
+        "frames_per_s": rate(st.frames, st.wall_s),
+        "per_worker_busy_frames_per_s": rate(st.frames, st.decode_s),
+        "failed": st.failed,
+        "cpu_s": time.process_time() - cpu0 + st.decode_s,
+    }  # main + workers' busy time (1 thread each)
 
 
 def to_host(y: torch.Tensor, quantise: bool) -> Any:
@@ -145,8 +165,9 @@ def to_host(y: torch.Tensor, quantise: bool) -> Any:
     return y.to(torch.float16).cpu().numpy()
 
 
-def model_only(bb: FrozenBackbone, requests: list, batch: int, frames: int, quantise: bool,
-               chunk: int) -> dict[str, Any]:
+def model_only(
+    bb: FrozenBackbone, requests: list, batch: int, frames: int, quantise: bool, chunk: int
+) -> dict[str, Any]:
     """Full batches of random float16 frames, packed from ``chunk``-frame pieces as the engine packs them."""
     s = bb.spec["input_size"]
     x = np.random.default_rng(0).standard_normal((batch, 3, s, s), np.float32).astype(np.float16)
@@ -165,8 +186,13 @@ def model_only(bb: FrozenBackbone, requests: list, batch: int, frames: int, quan
     for _ in range(n):
         step()
     seconds = time.perf_counter() - t0
-    return {"frames": n * batch, "seconds": seconds, "frames_per_s": rate(n * batch, seconds), "batch": batch,
-            "cpu_s": time.process_time() - cpu0}
+    return {
+        "frames": n * batch,
+        "seconds": seconds,
+        "frames_per_s": rate(n * batch, seconds),
+        "batch": batch,
+        "cpu_s": time.process_time() - cpu0,
+    }
 
 
 def read_back(path: str) -> tuple[StoreSpec, dict, list[tuple[VideoEntry, list[ViewRows]]]]:
@@ -179,11 +205,17 @@ def read_back(path: str) -> tuple[StoreSpec, dict, list[tuple[VideoEntry, list[V
             tensors: dict[str, Any] = {}
             for t in fs.spec.tensors:
                 x = fs.read_raw(rec.part, t.name, start, start + n)
-                tensors[t.name] = (x, fs.read_raw(rec.part, t.name + layout.SCALE_SUFFIX, start, start + n)) \
-                    if t.quantised else x
+                tensors[t.name] = (
+                    (x, fs.read_raw(rec.part, t.name + layout.SCALE_SUFFIX, start, start + n))
+                    if t.quantised
+                    else x
+                )
             meta = fs.row_meta(rec.id, view)
-            views.append(ViewRows(view, tensors, meta["time_s"], meta["frame_index"], meta["padded"],
-                                  rec.view_meta[view]))
+            views.append(
+                ViewRows(
+                    view, tensors, meta["time_s"], meta["frame_index"], meta["padded"], rec.view_meta[view]
+                )
+            )
         out.append((VideoEntry(rec.id, rec.label, rec.source, rec.fps, rec.num_frames, rec.meta), views))
     return fs.spec, fs.frozen_weights(), out
 
@@ -199,10 +231,15 @@ def write_only(source_store: str, target: Path) -> dict[str, Any]:
         for entry, views in videos:
             w.add(entry, views)
     seconds = time.perf_counter() - t0
-    return {"frames": frames, "seconds": seconds, "frames_per_s": rate(frames, seconds),
-            "cpu_s": time.process_time() - cpu0,
-            "stored_bytes": sum(f.stat().st_size for f in (target / layout.PARTS_GROUP).rglob("*")
-                                if f.is_file())}
+    return {
+        "frames": frames,
+        "seconds": seconds,
+        "frames_per_s": rate(frames, seconds),
+        "cpu_s": time.process_time() - cpu0,
+        "stored_bytes": sum(
+            f.stat().st_size for f in (target / layout.PARTS_GROUP).rglob("*") if f.is_file()
+        ),
+    }
 
 
 def end_to_end(cfg: ExtractConfig) -> dict[str, Any]:
@@ -222,8 +259,13 @@ def end_to_end(cfg: ExtractConfig) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
     finally:
         runner.Extractor._run_batch = run_batch  # type: ignore[method-assign]
-    return {"frames": st.frames, "seconds": seconds, "frames_per_s": rate(st.frames, seconds),
-            "engine": summary(st), "batch_frames": batches}
+    return {
+        "frames": st.frames,
+        "seconds": seconds,
+        "frames_per_s": rate(st.frames, seconds),
+        "engine": summary(st),
+        "batch_frames": batches,
+    }
 
 
 def naive(cfg: ExtractConfig, bb: FrozenBackbone, requests: list, out: Path) -> dict[str, Any]:
@@ -240,12 +282,22 @@ def naive(cfg: ExtractConfig, bb: FrozenBackbone, requests: list, out: Path) -> 
             plans, first = plan_views(job, reader, item)
             for p in plans:
                 raw = reader.get_frames((p.frame_indices + first).tolist())  # [n, H, W, 3] uint8
-                x = sampling.preprocess(raw, p, size=job.size, short_side=job.short_side, mean=job.mean,
-                                        std=job.std, interpolation=job.interpolation)  # [n, 3, S, S] float32
+                x = sampling.preprocess(
+                    raw,
+                    p,
+                    size=job.size,
+                    short_side=job.short_side,
+                    mean=job.mean,
+                    std=job.std,
+                    interpolation=job.interpolation,
+                )  # [n, 3, S, S] float32
                 for name, y in bb.forward_tensors(x.to(bb.device), requests).items():
                     host = to_host(y, quantise)
-                    arrays |= {f"v{p.view}/{name}.scale": host[1], f"v{p.view}/{name}": host[0]} if quantise \
+                    arrays |= (
+                        {f"v{p.view}/{name}.scale": host[1], f"v{p.view}/{name}": host[0]}
+                        if quantise
                         else {f"v{p.view}/{name}": host}
+                    )
                 frames += len(x)
         np.savez(out / f"{item.id}.npz", **arrays)
     seconds = time.perf_counter() - t0
@@ -302,9 +354,13 @@ def watch_tree(cmd: list[str], log: Path) -> dict[str, Any]:
         time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
     workers = [hwm[p] for p, r in roles.items() if r == "worker"]
-    return {"rc": proc.returncode, "main_peak_mb": round(hwm.get(proc.pid, 0) / 1024, 1),
-            "worker_peak_mb": round(max(workers, default=0) / 1024, 1), "workers_seen": len(workers),
-            "tree_peak_mb": round(tree / 1024, 1)}
+    return {
+        "rc": proc.returncode,
+        "main_peak_mb": round(hwm.get(proc.pid, 0) / 1024, 1),
+        "worker_peak_mb": round(max(workers, default=0) / 1024, 1),
+        "workers_seen": len(workers),
+        "tree_peak_mb": round(tree / 1024, 1),
+    }
 
 
 def memory_vs_length(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -313,14 +369,22 @@ def memory_vs_length(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         src = work / f"long{n}"
         synth.generate(src, task="appearance", videos=1, seed=a.seed, size=a.memory_size, frames=n, fps=a.fps)
         child = {"source": str(src / "labels.csv"), "store": str(work / f"long{n}.zarr"), "args": vars(a)}
-        got = watch_tree([sys.executable, "-m", "benchmarks.extract", "--memory-child", json.dumps(child)],
-                         work / f"long{n}.log")
+        got = watch_tree(
+            [sys.executable, "-m", "benchmarks.extract", "--memory-child", json.dumps(child)],
+            work / f"long{n}.log",
+        )
         log = (work / f"long{n}.log").read_text()
         if got["rc"] != 0:
             raise RuntimeError(f"memory child for {n} frames failed:\n{log[-3000:]}")
         result = json.loads(log.strip().splitlines()[-1])
-        rows.append({"video_frames": n, **result, **got,
-                     "whole_video_uint8_mb": round(n * a.memory_size**2 * 3 / 2**20, 1)})
+        rows.append(
+            {
+                "video_frames": n,
+                **result,
+                **got,
+                "whole_video_uint8_mb": round(n * a.memory_size**2 * 3 / 2**20, 1),
+            }
+        )
     return rows
 
 
@@ -335,22 +399,43 @@ def memory_child(spec: dict[str, Any]) -> None:
     bb = build_backbone(a.backbone, device="cpu")
     shapes = bb.output_shapes(bb.resolve(parse_requests(cfg.tensors, cfg.pool)))
     per_frame = sum(int(np.prod(s)) for s in shapes.values()) * (1 if a.dtype == "int8" else 2)
-    print(json.dumps({"frames": st.frames, "seconds": round(time.perf_counter() - t0, 2),
-                      "feature_buffer_mb": round(st.frames * per_frame / 2**20, 2)}))
+    print(
+        json.dumps(
+            {
+                "frames": st.frames,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "feature_buffer_mb": round(st.frames * per_frame / 2**20, 2),
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------ report
 def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in _run(["lscpu"]).splitlines()
-                if line.startswith("Model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _run(["lscpu"]).splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
     import av
     import decord
     import zarr
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "zarr": zarr.__version__, "decord": decord.__version__, "av": av.__version__,
-            "cpu_count": os.cpu_count(), "cpu_model": cpu, "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "zarr": zarr.__version__,
+        "decord": decord.__version__,
+        "av": av.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def _run(cmd: list[str]) -> str:
@@ -369,65 +454,99 @@ def verdict(r: dict[str, Any]) -> dict[str, Any]:
     serial = 1 / sum(1 / v for v in comps.values())
     cpu = sum(r[k]["cpu_s"] / r[k]["frames"] for k in comps) if r["device"] == "cpu" else None
     ceiling = (os.cpu_count() or 1) / cpu if cpu else None  # every component on the same cores
-    return {"slowest": slowest, "efficiency": round(e2e / comps[slowest], 3), "target": TARGET,
-            "pass": e2e / comps[slowest] >= TARGET, "no_overlap_frames_per_s": round(serial, 2),
-            "vs_no_overlap": round(e2e / serial, 3),
-            "cpu_s_per_frame": {k: round(r[k]["cpu_s"] / r[k]["frames"], 4) for k in comps},
-            "cpu_ceiling_frames_per_s": round(ceiling, 2) if ceiling else None,
-            "vs_attainable": round(e2e / min(ceiling, comps[slowest]), 3) if ceiling else None,
-            "speedup_vs_naive": round(e2e / r["naive"]["frames_per_s"], 2) if "naive" in r else None}
+    return {
+        "slowest": slowest,
+        "efficiency": round(e2e / comps[slowest], 3),
+        "target": TARGET,
+        "pass": e2e / comps[slowest] >= TARGET,
+        "no_overlap_frames_per_s": round(serial, 2),
+        "vs_no_overlap": round(e2e / serial, 3),
+        "cpu_s_per_frame": {k: round(r[k]["cpu_s"] / r[k]["frames"], 4) for k in comps},
+        "cpu_ceiling_frames_per_s": round(ceiling, 2) if ceiling else None,
+        "vs_attainable": round(e2e / min(ceiling, comps[slowest]), 3) if ceiling else None,
+        "speedup_vs_naive": round(e2e / r["naive"]["frames_per_s"], 2) if "naive" in r else None,
+    }
 
 
 def tables(r: dict[str, Any]) -> str:
     a, v, e, eng = r["args"], r["verdict"], r["end_to_end"], r["end_to_end"]["engine"]
-    notes = {"decode_only": f"{a['workers']} workers -> main process: the engine without model and store "
-                            f"({r['decode_only']['per_worker_busy_frames_per_s']} per busy worker-second)",
-             "model_only": f"forward_tensors, batch {a['batch_frames']}, packing + device->host included",
-             "write_only": f"PartWriter.add + close; {r['write_only']['stored_bytes'] / 2**20:.1f} MiB",
-             "end_to_end": "run_extract, warm fork server: **used for the ratio**",
-             "naive": "per video: decode, forward, np.savez, next"}
+    notes = {
+        "decode_only": f"{a['workers']} workers -> main process: the engine without model and store "
+        f"({r['decode_only']['per_worker_busy_frames_per_s']} per busy worker-second)",
+        "model_only": f"forward_tensors, batch {a['batch_frames']}, packing + device->host included",
+        "write_only": f"PartWriter.add + close; {r['write_only']['stored_bytes'] / 2**20:.1f} MiB",
+        "end_to_end": "run_extract, warm fork server: **used for the ratio**",
+        "naive": "per video: decode, forward, np.savez, next",
+    }
     cold = e["seconds"] + r["forkserver_start_s"]
-    lines = [f"{r['backbone']} ({r['weights']}) on {r['device']}; {a['videos']} videos x "
-             f"{a['video_frames']} frames at {a['size']} px, {a['mode']} sampling -> {e['frames']} frames; "
-             f"tensors {a['tensors']}; {a['dtype']} store ({a['compression']}); batch {a['batch_frames']}; "
-             f"{a['workers']} decode workers.",
-             "", "| measurement | frames | s | frames/s | what |", "|---|---:|---:|---:|---|"]
-    lines += [f"| {k.replace('_', ' ')} | {r[k]['frames']} | {r[k]['seconds']:.2f} "
-              f"| {r[k]['frames_per_s']:.1f} | {notes[k]} |" for k in notes if k in r]
-    lines += [f"| end to end incl. start-up | {e['frames']} | {cold:.2f} | {e['frames'] / cold:.1f} "
-              f"| + {r['forkserver_start_s']:.2f} s fork-server start (one-off per process) |", "",
-              f"**efficiency = {e['frames_per_s']:.1f} / {v['slowest'].replace('_', ' ')} "
-              f"{r[v['slowest']]['frames_per_s']:.1f} = {v['efficiency']:.2f}: "
-              f"{'PASS' if v['pass'] else 'FAIL'} (target >= {TARGET})**. "
-              f"No-overlap rate 1/sum(1/rate) = {v['no_overlap_frames_per_s']:.1f} "
-              f"frames/s (end to end = {v['vs_no_overlap']:.2f}x it)"
-              + (f"; {v['speedup_vs_naive']:.2f}x the naive loop." if v["speedup_vs_naive"] else "."), ""]
+    lines = [
+        f"{r['backbone']} ({r['weights']}) on {r['device']}; {a['videos']} videos x "
+        f"{a['video_frames']} frames at {a['size']} px, {a['mode']} sampling -> {e['frames']} frames; "
+        f"tensors {a['tensors']}; {a['dtype']} store ({a['compression']}); batch {a['batch_frames']}; "
+        f"{a['workers']} decode workers.",
+        "",
+        "| measurement | frames | s | frames/s | what |",
+        "|---|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {k.replace('_', ' ')} | {r[k]['frames']} | {r[k]['seconds']:.2f} "
+        f"| {r[k]['frames_per_s']:.1f} | {notes[k]} |"
+        for k in notes
+        if k in r
+    ]
+    lines += [
+        f"| end to end incl. start-up | {e['frames']} | {cold:.2f} | {e['frames'] / cold:.1f} "
+        f"| + {r['forkserver_start_s']:.2f} s fork-server start (one-off per process) |",
+        "",
+        f"**efficiency = {e['frames_per_s']:.1f} / {v['slowest'].replace('_', ' ')} "
+        f"{r[v['slowest']]['frames_per_s']:.1f} = {v['efficiency']:.2f}: "
+        f"{'PASS' if v['pass'] else 'FAIL'} (target >= {TARGET})**. "
+        f"No-overlap rate 1/sum(1/rate) = {v['no_overlap_frames_per_s']:.1f} "
+        f"frames/s (end to end = {v['vs_no_overlap']:.2f}x it)"
+        + (f"; {v['speedup_vs_naive']:.2f}x the naive loop." if v["speedup_vs_naive"] else "."),
+        "",
+    ]
     if v["cpu_ceiling_frames_per_s"]:
         c, top = v["cpu_s_per_frame"], v["cpu_ceiling_frames_per_s"]
-        lines += [f"CPU seconds per frame: decode {c['decode_only']}, model {c['model_only']}, write "
-                  f"{c['write_only']} -> all on {r['machine']['cpu_count']} cores at most {top:.1f} "
-                  f"frames/s; end to end = {v['vs_attainable']:.2f} of min(slowest component, that).", ""]
-    lines += [f"Device batches of the end-to-end run (frames): {e['batch_frames']}.", "",
-              f"Engine counters (frames per busy second): decode {eng['decode_frames_per_busy_s']} per "
-              f"worker, model {eng['model_frames_per_s']}, writer thread {eng['write_frames_per_s']}. Engine "
-              f"wall {eng['wall_s']:.2f} s; the other {e['seconds'] - eng['wall_s']:.2f} s of run_extract "
-              f"are serial: backbone build (~{r['backbone_rebuild_s']:.2f} s warm), store creation, the "
-              "writer's final flush (shards still open at the end), finalize.", ""]
+        lines += [
+            f"CPU seconds per frame: decode {c['decode_only']}, model {c['model_only']}, write "
+            f"{c['write_only']} -> all on {r['machine']['cpu_count']} cores at most {top:.1f} "
+            f"frames/s; end to end = {v['vs_attainable']:.2f} of min(slowest component, that).",
+            "",
+        ]
+    lines += [
+        f"Device batches of the end-to-end run (frames): {e['batch_frames']}.",
+        "",
+        f"Engine counters (frames per busy second): decode {eng['decode_frames_per_busy_s']} per "
+        f"worker, model {eng['model_frames_per_s']}, writer thread {eng['write_frames_per_s']}. Engine "
+        f"wall {eng['wall_s']:.2f} s; the other {e['seconds'] - eng['wall_s']:.2f} s of run_extract "
+        f"are serial: backbone build (~{r['backbone_rebuild_s']:.2f} s warm), store creation, the "
+        "writer's final flush (shards still open at the end), finalize.",
+        "",
+    ]
     if r.get("memory"):
-        lines += [f"Peak RSS vs video length ({a['memory_size']} px, dense, {a['memory_backbone']}, "
-                  f"{a['memory_tensors']}; one fresh process per length; MB):", "",
-                  "| video frames | main | decode worker | process tree | whole video as uint8 "
-                  "| feature buffer |", "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {m['video_frames']} | {m['main_peak_mb']} | {m['worker_peak_mb']} "
-                  f"| {m['tree_peak_mb']} | {m['whole_video_uint8_mb']} | {m['feature_buffer_mb']} |"
-                  for m in r["memory"]]
+        lines += [
+            f"Peak RSS vs video length ({a['memory_size']} px, dense, {a['memory_backbone']}, "
+            f"{a['memory_tensors']}; one fresh process per length; MB):",
+            "",
+            "| video frames | main | decode worker | process tree | whole video as uint8 | feature buffer |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {m['video_frames']} | {m['main_peak_mb']} | {m['worker_peak_mb']} "
+            f"| {m['tree_peak_mb']} | {m['whole_video_uint8_mb']} | {m['feature_buffer_mb']} |"
+            for m in r["memory"]
+        ]
     return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.extract", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.extract",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--backbone", default="timm:vit_tiny_patch16_224", help="registry name or family:model")
     p.add_argument("--pretrained", default=None, help="pretrained tag (None: the entry's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -466,8 +585,15 @@ def main(argv: list[str] | None = None) -> int:
     r: dict[str, Any] = {"machine": machine(), "load_before": os.getloadavg(), "started": time.ctime()}
     try:
         t0 = time.perf_counter()
-        synth.generate(work / "videos", task="appearance", videos=a.videos, seed=a.seed, size=a.size,
-                       frames=a.video_frames, fps=a.fps)
+        synth.generate(
+            work / "videos",
+            task="appearance",
+            videos=a.videos,
+            seed=a.seed,
+            size=a.size,
+            frames=a.video_frames,
+            fps=a.fps,
+        )
         r["synth_s"] = round(time.perf_counter() - t0, 2)
         r["forkserver_start_s"] = round(forkserver_start_s(), 3)
         t0 = time.perf_counter()
@@ -481,8 +607,16 @@ def main(argv: list[str] | None = None) -> int:
         requests = bb.resolve(parse_requests(cfg.tensors, cfg.pool))
         r["decode_only"] = _step("decode only", decode_only, cfg, bb, requests)
         r["end_to_end"] = _step("end to end", end_to_end, cfg)
-        r["model_only"] = _step("model only", model_only, bb, requests, a.batch_frames,
-                                r["end_to_end"]["frames"], a.dtype == "int8", decode_job(cfg, bb).chunk)
+        r["model_only"] = _step(
+            "model only",
+            model_only,
+            bb,
+            requests,
+            a.batch_frames,
+            r["end_to_end"]["frames"],
+            a.dtype == "int8",
+            decode_job(cfg, bb).chunk,
+        )
         r["write_only"] = _step("write only", write_only, cfg.store.path, work / "write.zarr")
         if "naive" not in a.skip:
             r["naive"] = _step("naive loop", naive, cfg, bb, requests, work / "naive")
@@ -498,9 +632,11 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(r, indent=2, default=str))
     m = r["machine"]
-    print(f"\n## Extraction ({m['cpu_model']}, {m['cpu_count']} cores, GPU {m['gpu']}; torch {m['torch']}; "
-          f"load {r['load_before'][0]:.2f} before, {r['load_after'][0]:.2f} after)\n\n{text}\n\n"
-          f"wrote {a.out}")
+    print(
+        f"\n## Extraction ({m['cpu_model']}, {m['cpu_count']} cores, GPU {m['gpu']}; torch {m['torch']}; "
+        f"load {r['load_before'][0]:.2f} before, {r['load_after'][0]:.2f} after)\n\n{text}\n\n"
+        f"wrote {a.out}"
+    )
     return 0
 
 

@@ -43,18 +43,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def clip_frames(path: str, backbone: Any, frames: int, stride: int, split: str, seed: int, key: str) -> torch.Tensor:
+def clip_frames(
+    path: str, backbone: Any, frames: int, stride: int, split: str, seed: int, key: str
+) -> torch.Tensor:
     """Decode and preprocess one clip exactly as stage one would: [T, 3, S, S]."""
     spec = backbone.spec
     with decode.open_video(path) as reader:
         info = reader.info
-        plan = sampling.plan_clips(info.num_frames, info.fps, frames=frames, stride=stride, temporal_views=1,
-                                   spatial_views=1, mode=split, size=spec["input_size"],
-                                   short_side=spec["input_size"], frame_hw=(info.height, info.width),
-                                   seed=seed, video_key=key)[0]
+        plan = sampling.plan_clips(
+            info.num_frames,
+            info.fps,
+            frames=frames,
+            stride=stride,
+            temporal_views=1,
+            spatial_views=1,
+            mode=split,
+            size=spec["input_size"],
+            short_side=spec["input_size"],
+            frame_hw=(info.height, info.width),
+            seed=seed,
+            video_key=key,
+        )[0]
         x = reader.get_frames(plan.frame_indices.tolist())
-    return sampling.preprocess(x, plan, size=spec["input_size"], short_side=spec["input_size"],
-                               interpolation=spec["interpolation"], mean=spec["mean"], std=spec["std"])
+    return sampling.preprocess(
+        x,
+        plan,
+        size=spec["input_size"],
+        short_side=spec["input_size"],
+        interpolation=spec["interpolation"],
+        mean=spec["mean"],
+        std=spec["std"],
+    )
 
 
 def on_the_fly(store: FeatureStore, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -63,15 +82,24 @@ def on_the_fly(store: FeatureStore, args: argparse.Namespace, device: torch.devi
     requests = backbone.resolve(parse_requests(args.tensors, 2))
     train_ids, val_ids = split_ids(store, 0.25)
     torch.manual_seed(0)
-    head = build_head(args.head, tensors={n: t.shape for n, t in store.tensors.items()}, backbone=store.backbone,
-                      num_classes=len(store.classes), num_frames=args.frames,
-                      frozen=store.frozen_weights() or None, **json.loads(args.head_options)).to(device)
+    head = build_head(
+        args.head,
+        tensors={n: t.shape for n, t in store.tensors.items()},
+        backbone=store.backbone,
+        num_classes=len(store.classes),
+        num_frames=args.frames,
+        frozen=store.frozen_weights() or None,
+        **json.loads(args.head_options),
+    ).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.05)
     steps_per_epoch = -(-len(train_ids) // args.batch_size)
     total, step, epoch_s = steps_per_epoch * args.epochs, 0, []
 
     def features(ids: list[str], split: str, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        clips = [clip_frames(store.video(i).source, backbone, args.frames, args.stride, split, epoch, i) for i in ids]
+        clips = [
+            clip_frames(store.video(i).source, backbone, args.frames, args.stride, split, epoch, i)
+            for i in ids
+        ]
         x = torch.stack(clips).to(device)  # [B, T, 3, S, S]
         b, t = x.shape[:2]
         out = backbone.forward_tensors(x.flatten(0, 1), requests)  # {name: [B*T, ...]}
@@ -85,7 +113,7 @@ def on_the_fly(store: FeatureStore, args: argparse.Namespace, device: torch.devi
         head.train()
         order = rng.permutation(train_ids).tolist()
         for s in range(0, len(order), args.batch_size):
-            feats, labels = features(order[s: s + args.batch_size], "train", epoch)
+            feats, labels = features(order[s : s + args.batch_size], "train", epoch)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, lr=args.lr, min_lr=0.0, warmup_steps=steps_per_epoch, total_steps=total)
             loss = F.cross_entropy(head(feats), labels)
@@ -98,10 +126,14 @@ def on_the_fly(store: FeatureStore, args: argparse.Namespace, device: torch.devi
     correct = 0
     with torch.no_grad():
         for s in range(0, len(val_ids), args.batch_size):
-            feats, labels = features(val_ids[s: s + args.batch_size], "test", 0)
+            feats, labels = features(val_ids[s : s + args.batch_size], "test", 0)
             correct += int((head(feats).argmax(-1) == labels).sum())
-    return {"s_per_epoch": float(np.mean(epoch_s)), "top1": correct / max(1, len(val_ids)),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "epochs": args.epochs}
+    return {
+        "s_per_epoch": float(np.mean(epoch_s)),
+        "top1": correct / max(1, len(val_ids)),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "epochs": args.epochs,
+    }
 
 
 def _on_the_fly_child(store_path: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -110,21 +142,39 @@ def _on_the_fly_child(store_path: str, args: argparse.Namespace) -> dict[str, An
 
 
 def from_store(store_path: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    overrides = [f"data.store={store_path}", f"data.frames={args.frames}", f"data.stride=1",
-                 f"data.batch_size={args.batch_size}", "data.workers=0", "data.val_fraction=0.25",
-                 f"head.name={args.head}", f"head.options={args.head_options}", f"optim.epochs={args.epochs}",
-                 f"optim.lr={args.lr}", f"run.out={out}", "run.plots=false", "run.resume=false",
-                 f"run.device={args.device}", "run.log_every=100000"]
+    overrides = [
+        f"data.store={store_path}",
+        f"data.frames={args.frames}",
+        "data.stride=1",
+        f"data.batch_size={args.batch_size}",
+        "data.workers=0",
+        "data.val_fraction=0.25",
+        f"head.name={args.head}",
+        f"head.options={args.head_options}",
+        f"optim.epochs={args.epochs}",
+        f"optim.lr={args.lr}",
+        f"run.out={out}",
+        "run.plots=false",
+        "run.resume=false",
+        f"run.device={args.device}",
+        "run.log_every=100000",
+    ]
     metrics = run_train(load_config(TrainConfig, None, overrides))
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = [r["seconds"] for r in records if r.get("type") == "epoch"]
-    return {"s_per_epoch": float(np.mean(seconds)), "top1": metrics["top1"], "peak_rss_mb": round(peak_rss_mb(), 1),
-            "epochs": args.epochs}
+    return {
+        "s_per_epoch": float(np.mean(seconds)),
+        "top1": metrics["top1"],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "epochs": args.epochs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_cost", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="timm:vit_tiny_patch16_224")  # a real small ViT (random init, no download)
+    p.add_argument(
+        "--backbone", default="timm:vit_tiny_patch16_224"
+    )  # a real small ViT (random init, no download)
     p.add_argument("--device", default="cpu")
     p.add_argument("--videos", type=int, default=64)
     p.add_argument("--size", type=int, default=64)
@@ -140,13 +190,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results/train_cost.json")
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="train_cost_"))
-    generate(work / "data", task="direction", videos=args.videos, seed=0, size=args.size, frames=3 * args.frames * args.stride // 2,
-             fps=8.0, classes=2)
-    ex = load_config(ExtractConfig, None, [f"source={work / 'data' / 'labels.csv'}", f"store.path={work / 'f.zarr'}",
-                                           f"backbone.name={args.backbone}", f"backbone.device={args.device}",
-                                           f"tensors=[{','.join(args.tensors)}]", f"sampling.frames={args.frames}",
-                                           f"sampling.stride={args.stride}", "sampling.split=train",
-                                           "sampling.temporal_views=4", "run.progress=false"])
+    generate(
+        work / "data",
+        task="direction",
+        videos=args.videos,
+        seed=0,
+        size=args.size,
+        frames=3 * args.frames * args.stride // 2,
+        fps=8.0,
+        classes=2,
+    )
+    ex = load_config(
+        ExtractConfig,
+        None,
+        [
+            f"source={work / 'data' / 'labels.csv'}",
+            f"store.path={work / 'f.zarr'}",
+            f"backbone.name={args.backbone}",
+            f"backbone.device={args.device}",
+            f"tensors=[{','.join(args.tensors)}]",
+            f"sampling.frames={args.frames}",
+            f"sampling.stride={args.stride}",
+            "sampling.split=train",
+            "sampling.temporal_views=4",
+            "run.progress=false",
+        ],
+    )
     t0 = time.perf_counter()
     stats = run_extract(ex)
     extract_s = time.perf_counter() - t0
@@ -155,19 +224,31 @@ def main(argv: list[str] | None = None) -> int:
         a = pool.apply(from_store, (work / "f.zarr", work / "head", args))
     with ctx.Pool(1) as pool:
         b = pool.apply(_on_the_fly_child, (str(work / "f.zarr"), args))
-    result = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "cpus": __import__("os").cpu_count(),
-                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-              "args": vars(args), "extract_once_s": round(extract_s, 2), "extract_frames": stats.frames,
-              "from_store": a, "on_the_fly": b, "speedup_per_epoch": b["s_per_epoch"] / a["s_per_epoch"]}
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": __import__("os").cpu_count(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
+        "args": vars(args),
+        "extract_once_s": round(extract_s, 2),
+        "extract_frames": stats.frames,
+        "from_store": a,
+        "on_the_fly": b,
+        "speedup_per_epoch": b["s_per_epoch"] / a["s_per_epoch"],
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"| training path | s/epoch | top-1 | peak RSS MB |\n|---|---:|---:|---:|\n"
-          f"| (a) from the store | {a['s_per_epoch']:.3f} | {a['top1']:.3f} | {a['peak_rss_mb']} |\n"
-          f"| (b) on the fly from video | {b['s_per_epoch']:.3f} | {b['top1']:.3f} | {b['peak_rss_mb']} |\n"
-          f"\nspeed-up per epoch (b / a): {result['speedup_per_epoch']:.1f}x (target >= 10x); "
-          f"one-off extraction {extract_s:.1f} s; {args.backbone} on {args.device}, head {args.head}, "
-          f"{args.videos} videos, {args.epochs} epochs")
+    print(
+        f"| training path | s/epoch | top-1 | peak RSS MB |\n|---|---:|---:|---:|\n"
+        f"| (a) from the store | {a['s_per_epoch']:.3f} | {a['top1']:.3f} | {a['peak_rss_mb']} |\n"
+        f"| (b) on the fly from video | {b['s_per_epoch']:.3f} | {b['top1']:.3f} | {b['peak_rss_mb']} |\n"
+        f"\nspeed-up per epoch (b / a): {result['speedup_per_epoch']:.1f}x (target >= 10x); "
+        f"one-off extraction {extract_s:.1f} s; {args.backbone} on {args.device}, head {args.head}, "
+        f"{args.videos} videos, {args.epochs} epochs"
+    )
     return 0
 
 

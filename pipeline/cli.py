@@ -24,8 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _inspect(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="twostage inspect", description="Describe a feature store: videos, "
-                                     "frames, tensors, bytes per frame, failures, completeness.")
+    parser = argparse.ArgumentParser(
+        prog="twostage inspect",
+        description="Describe a feature store: videos, "
+        "frames, tensors, bytes per frame, failures, completeness.",
+    )
     parser.add_argument("store", help="store path or fsspec URL")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
@@ -35,15 +38,25 @@ def _inspect(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
-    state = "complete" if info["complete"] else "INCOMPLETE (extraction running, killed, or --part runs not committed)"
+    state = (
+        "complete"
+        if info["complete"]
+        else "INCOMPLETE (extraction running, killed, or --part runs not committed)"
+    )
     print(f"{info['path']}: {info['format']['name']} v{info['format']['version']}, {state}")
-    print(f"  backbone {info['backbone'].get('name')}  videos {info['videos']}  views {info['views']}  "
-          f"frames {info['frames']}  classes {len(info['classes'])}  parts {len(info['parts'])}")
-    print(f"  bytes per frame: {info['bytes_per_frame']['total']:,} logical"
-          + (f", {info['disk_bytes'] / max(1, info['frames']):,.0f} on disk" if info["disk_bytes"] else ""))
+    print(
+        f"  backbone {info['backbone'].get('name')}  videos {info['videos']}  views {info['views']}  "
+        f"frames {info['frames']}  classes {len(info['classes'])}  parts {len(info['parts'])}"
+    )
+    print(
+        f"  bytes per frame: {info['bytes_per_frame']['total']:,} logical"
+        + (f", {info['disk_bytes'] / max(1, info['frames']):,.0f} on disk" if info["disk_bytes"] else "")
+    )
     for t in info["tensors"]:
-        print(f"    {t['name']:<16} {t['kind']:<7} {str(tuple(t['shape'])):<16} {t['dtype']:<8} "
-              f"{t['bytes_per_frame']:>10,} B/frame")
+        print(
+            f"    {t['name']:<16} {t['kind']:<7} {str(tuple(t['shape'])):<16} {t['dtype']:<8} "
+            f"{t['bytes_per_frame']:>10,} B/frame"
+        )
     print(f"  failures: {len(info['failures'])}")
     for f in info["failures"]:
         print(f"    {f['id']}  {f['source']}  [{f['stage']}] {str(f['error']).splitlines()[0][:120]}")
@@ -51,8 +64,10 @@ def _inspect(argv: list[str]) -> int:
 
 
 def _verify(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="twostage verify", description="Recompute every video's checksum "
-                                     "and scan for NaN/Inf; exit 1 naming each bad video.")
+    parser = argparse.ArgumentParser(
+        prog="twostage verify",
+        description="Recompute every video's checksum and scan for NaN/Inf; exit 1 naming each bad video.",
+    )
     parser.add_argument("store", help="store path or fsspec URL")
     args = parser.parse_args(argv)
     from store import verify
@@ -85,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twostage",
         description="Cache multi-layer frozen-backbone video features once; train temporal heads from them.",
-        epilog="Run `twostage COMMAND --help` for each command's options.")
+        epilog="Run `twostage COMMAND --help` for each command's options.",
+    )
     parser.add_argument("--list-backbones", action="store_true", help="print the registered backbones")
     parser.add_argument("--list-heads", action="store_true", help="print the registered heads")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

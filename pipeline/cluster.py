@@ -98,8 +98,10 @@ def make_client(cc: ClusterConfig) -> Iterator[tuple[Client, int]]:
             cluster, gpus = _local_cluster(cc)
         elif cc.kind == "address":
             if not cc.address:
-                raise ConfigError("cluster.address is required with cluster.kind=address "
-                                  "(e.g. cluster.address=tcp://scheduler:8786)")
+                raise ConfigError(
+                    "cluster.address is required with cluster.kind=address "
+                    "(e.g. cluster.address=tcp://scheduler:8786)"
+                )
             cluster, gpus = cc.address, 0
         elif cc.kind in ("slurm", "pbs"):
             cluster, gpus = _jobqueue_cluster(cc), 0
@@ -118,8 +120,12 @@ def _local_cluster(cc: ClusterConfig) -> tuple[Any, int]:
 
     gpus = _gpu_count()
     n = cc.workers or default_workers(gpus, _cores())
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,  # one task per process
-                           resources={"GPU": 1} if gpus else None)
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,  # one task per process
+        resources={"GPU": 1} if gpus else None,
+    )
     return cluster, int(gpus > 0)
 
 
@@ -127,11 +133,15 @@ def _jobqueue_cluster(cc: ClusterConfig) -> Any:
     try:
         import dask_jobqueue
     except ImportError:
-        raise ClusterError(f"cluster.kind={cc.kind} needs dask-jobqueue: pip install twostage[cluster] "
-                           "(or pip install dask-jobqueue)") from None
+        raise ClusterError(
+            f"cluster.kind={cc.kind} needs dask-jobqueue: pip install twostage[cluster] "
+            "(or pip install dask-jobqueue)"
+        ) from None
     if not cc.workers:
-        raise ConfigError(f"cluster.workers is required with cluster.kind={cc.kind}: the number of worker "
-                          "processes to start (jobs x jobqueue.processes)")
+        raise ConfigError(
+            f"cluster.workers is required with cluster.kind={cc.kind}: the number of worker "
+            "processes to start (jobs x jobqueue.processes)"
+        )
     kwargs = dict(cc.jobqueue)
     prologue = list(kwargs.pop("job_script_prologue", []))  # type: ignore[arg-type]
     kwargs["job_script_prologue"] = [*prologue, "export DASK_DISTRIBUTED__WORKER__DAEMON=False"]
@@ -139,8 +149,10 @@ def _jobqueue_cluster(cc: ClusterConfig) -> Any:
     try:
         cluster = cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"cluster.jobqueue: {e} (the keys are {cls.__name__} arguments; see "
-                          "configs/cluster/ and the dask-jobqueue docs)") from None
+        raise ConfigError(
+            f"cluster.jobqueue: {e} (the keys are {cls.__name__} arguments; see "
+            "configs/cluster/ and the dask-jobqueue docs)"
+        ) from None
     cluster.scale(n=cc.workers)
     return cluster
 
@@ -184,8 +196,11 @@ def run_cluster(cfg: ExtractConfig) -> int:
         count = default_parts(workers or 1, cfg.cluster.parts, len(items))
         plan = plan_parts(items, committed, count)
         todo = sum(len(n) for _, n in plan)
-        print(f"{todo} videos to extract ({len(items) - todo} already committed) in {len(plan)} of {count} "
-              f"parts on {workers} workers{', one GPU per task' if gpus else ''}", flush=True)
+        print(
+            f"{todo} videos to extract ({len(items) - todo} already committed) in {len(plan)} of {count} "
+            f"parts on {workers} workers{', one GPU per task' if gpus else ''}",
+            flush=True,
+        )
         if todo:
             set_complete(cfg.store.path, None)
         base = store_counts(cfg.store.path)
@@ -193,8 +208,15 @@ def run_cluster(cfg: ExtractConfig) -> int:
         watch(futures, cfg.store.path, todo, base, cfg.run.progress)
         results, errors = collect(futures)
     done = store_counts(cfg.store.path)
-    return finish(cfg, results, errors, scheduled=todo, committed=done[0] - base[0],
-                  skipped=len(items) - todo, wall_s=time.perf_counter() - t0)
+    return finish(
+        cfg,
+        results,
+        errors,
+        scheduled=todo,
+        committed=done[0] - base[0],
+        skipped=len(items) - todo,
+        wall_s=time.perf_counter() - t0,
+    )
 
 
 def prepare_store(cfg: ExtractConfig, classes: list[str]) -> set[str]:
@@ -232,14 +254,25 @@ def plan_parts(items: Sequence[Any], committed: set[str], count: int) -> list[tu
     return [(index, numbers) for index, numbers in enumerate(parts) if numbers]
 
 
-def submit_parts(client: Client, cfg: ExtractConfig, plan: list[tuple[int, list[int]]], count: int,
-                 gpus: int) -> list[Future]:
+def submit_parts(
+    client: Client, cfg: ExtractConfig, plan: list[tuple[int, list[int]]], count: int, gpus: int
+) -> list[Future]:
     """One task per part: retried on exceptions, one GPU held per task when the workers have GPUs."""
     run_id = uuid.uuid4().hex[:8]  # a fresh key per driver run: a rerun never reuses a finished result
-    return [client.submit(extract_part, cfg, index, count, bool(gpus), pure=False,
-                          key=f"{TASK_PREFIX}{layout.part_name(index, count)}-{run_id}",
-                          retries=cfg.cluster.retries, resources={"GPU": 1} if gpus else None)
-            for index, _ in plan]
+    return [
+        client.submit(
+            extract_part,
+            cfg,
+            index,
+            count,
+            bool(gpus),
+            pure=False,
+            key=f"{TASK_PREFIX}{layout.part_name(index, count)}-{run_id}",
+            retries=cfg.cluster.retries,
+            resources={"GPU": 1} if gpus else None,
+        )
+        for index, _ in plan
+    ]
 
 
 # -- the task ---------------------------------------------------------------------------------------
@@ -248,15 +281,19 @@ def extract_part(cfg: ExtractConfig, index: int, count: int, gpu: bool) -> dict[
     from stages.extract.stage import run_extract
 
     if mp.current_process().daemon:
-        raise ClusterError("this dask worker is a daemonic process and cannot start decode processes: "
-                           "start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
-                           "(or `dask worker --no-nanny`)")
+        raise ClusterError(
+            "this dask worker is a daemonic process and cannot start decode processes: "
+            "start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False "
+            "(or `dask worker --no-nanny`)"
+        )
     part = layout.part_name(index, count)
     task_cfg = dataclasses.replace(
-        cfg, run=dataclasses.replace(cfg.run, part=f"{index}/{count}", progress=False),  # not the coordinator
+        cfg,
+        run=dataclasses.replace(cfg.run, part=f"{index}/{count}", progress=False),  # not the coordinator
         store=dataclasses.replace(cfg.store, overwrite=False),  # the driver made the store
         backbone=dataclasses.replace(cfg.backbone, device=_task_device(cfg.backbone.device, gpu)),
-        cluster=dataclasses.replace(cfg.cluster, kind="none"))
+        cluster=dataclasses.replace(cfg.cluster, kind="none"),
+    )
     _wait_for_local_writer(cfg.store.path, part)
     stats = run_extract(task_cfg, part=part, steal_lock=_lock_orphaned(cfg.store.path, part))
     return dataclasses.asdict(stats) | {"part": part, "skipped": getattr(stats, "skipped", 0)}
@@ -347,7 +384,7 @@ def collect(futures: list[Future]) -> tuple[list[dict[str, Any]], list[tuple[str
     """The finished tasks' stats, and ``(part, error)`` for every task that failed past its retries."""
     results, errors = [], []
     for f in futures:
-        part = str(f.key)[len(TASK_PREFIX):].rsplit("-", 1)[0]
+        part = str(f.key)[len(TASK_PREFIX) :].rsplit("-", 1)[0]
         if f.status == "finished":
             results.append(f.result())
         else:
@@ -356,16 +393,28 @@ def collect(futures: list[Future]) -> tuple[list[dict[str, Any]], list[tuple[str
     return results, errors
 
 
-def finish(cfg: ExtractConfig, results: list[dict[str, Any]], errors: list[tuple[str, str]], *,
-           scheduled: int, committed: int, skipped: int, wall_s: float) -> int:
+def finish(
+    cfg: ExtractConfig,
+    results: list[dict[str, Any]],
+    errors: list[tuple[str, str]],
+    *,
+    scheduled: int,
+    committed: int,
+    skipped: int,
+    wall_s: float,
+) -> int:
     """Finalize the store when every part finished, print the summary, write the metrics; exit status."""
     from pipeline.config import to_dict
     from stages.extract.runner import Stats
     from stages.extract.stage import print_summary, summary
     from store import finalize
 
-    stats = Stats(scheduled=scheduled, committed=committed, wall_s=wall_s,
-                  failures=[f for r in results for f in r["failures"]])
+    stats = Stats(
+        scheduled=scheduled,
+        committed=committed,
+        wall_s=wall_s,
+        failures=[f for r in results for f in r["failures"]],
+    )
     for r in results:
         for name in ("failed", "frames", "decode_s", "model_s", "write_s"):
             setattr(stats, name, getattr(stats, name) + r[name])
@@ -375,16 +424,27 @@ def finish(cfg: ExtractConfig, results: list[dict[str, Any]], errors: list[tuple
     metrics.write_text(json.dumps(s | {"config": to_dict(cfg)}, indent=2, default=str))
     if errors:
         for part, error in errors:
-            print(f"error: part {part} failed after {cfg.cluster.retries} retries: "
-                  f"{error.splitlines()[0][:300]}", file=sys.stderr)
-        print("error: the store is not complete. Run the same command again: committed videos are kept and "
-              "each part resumes where it stopped.", file=sys.stderr)
+            print(
+                f"error: part {part} failed after {cfg.cluster.retries} retries: "
+                f"{error.splitlines()[0][:300]}",
+                file=sys.stderr,
+            )
+        print(
+            "error: the store is not complete. Run the same command again: committed videos are kept and "
+            "each part resumes where it stopped.",
+            file=sys.stderr,
+        )
         return 1
-    finalize(cfg.store.path, {"frames_per_s": s["frames_per_s"], "parts": len(results),
-                              "cluster": cfg.cluster.kind})
+    finalize(
+        cfg.store.path,
+        {"frames_per_s": s["frames_per_s"], "parts": len(results), "cluster": cfg.cluster.kind},
+    )
     bad = stats.failed / max(1, stats.scheduled)
     if bad > cfg.run.max_failure_fraction:
-        print(f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
-              f"{cfg.run.max_failure_fraction}); see the list above and {metrics}", file=sys.stderr)
+        print(
+            f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
+            f"{cfg.run.max_failure_fraction}); see the list above and {metrics}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -37,18 +37,24 @@ def check_parts(parts: list[str], locks: dict[str, dict[str, Any]]) -> list[str]
         if m:
             splits.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     if not splits:
-        problems.append(f"no '-of-NNNN' parts in the store (parts: {parts or 'none'}): run "
-                        "`twostage extract CONFIG --part I/N` for every I first")
+        problems.append(
+            f"no '-of-NNNN' parts in the store (parts: {parts or 'none'}): run "
+            "`twostage extract CONFIG --part I/N` for every I first"
+        )
     for count, present in sorted(splits.items()):
         missing = sorted(set(range(count)) - present)
         if missing:
             shown = ", ".join(f"{i}/{count}" for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            problems.append(f"{len(missing)} of {count} parts are missing: run `twostage extract CONFIG "
-                            f"--part I/{count}` for I/N = {shown}")
+            problems.append(
+                f"{len(missing)} of {count} parts are missing: run `twostage extract CONFIG "
+                f"--part I/{count}` for I/N = {shown}"
+            )
     for name, owner in sorted(locks.items()):
         state = "still running" if local_writer_alive(owner) else "killed, or running on another host"
-        problems.append(f"part {name} has a writer's LOCK (pid {owner.get('pid')} on {owner.get('host')}: "
-                        f"{state}): wait for it, or rerun its `--part` command, which resumes it")
+        problems.append(
+            f"part {name} has a writer's LOCK (pid {owner.get('pid')} on {owner.get('host')}: "
+            f"{state}): wait for it, or rerun its `--part` command, which resumes it"
+        )
     return problems
 
 
@@ -94,8 +100,11 @@ def local_writer_alive(owner: dict[str, Any]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="twostage commit", description=__doc__.split("\n\n")[0])
     parser.add_argument("store", help="the store the --part runs wrote (their store.path)")
-    parser.add_argument("--force", action="store_true",
-                        help="commit even when videos of the source list are neither committed nor failed")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="commit even when videos of the source list are neither committed nor failed",
+    )
     args = parser.parse_args(argv)
     fs = FeatureStore(args.store)
     parts = fs.parts()
@@ -104,15 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     config = fs.attrs.get("config", {})
     missing = missing_videos(fs, config.get("source"), config.get("classes"))
     if missing and not args.force:
-        problems.append(f"{len(missing)} videos of {config.get('source')} are neither committed nor failed "
-                        f"(e.g. {', '.join(missing[:5])}): rerun their `--part` command, or pass --force")
+        problems.append(
+            f"{len(missing)} videos of {config.get('source')} are neither committed nor failed "
+            f"(e.g. {', '.join(missing[:5])}): rerun their `--part` command, or pass --force"
+        )
     if problems:
         print(f"twostage commit: refusing to commit {args.store}:")
         for p in problems:
             print(f"  - {p}")
         return 1
     done = finalize(args.store, {"parts": len(parts), "committed_by": "twostage commit"})
-    print(f"committed {args.store}: {done['videos']} videos, {done['failures']} failed, {len(parts)} parts"
-          + ("" if missing is not None else f" (source list {config.get('source')} not readable here: "
-             "only the parts were checked)"))
+    print(
+        f"committed {args.store}: {done['videos']} videos, {done['failures']} failed, {len(parts)} parts"
+        + (
+            ""
+            if missing is not None
+            else f" (source list {config.get('source')} not readable here: only the parts were checked)"
+        )
+    )
     return 0

@@ -76,8 +76,11 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         last = parts[-1]
-        node[last] = merge(node[last], value) if isinstance(value, dict) and isinstance(node.get(last), dict) \
+        node[last] = (
+            merge(node[last], value)
+            if isinstance(value, dict) and isinstance(node.get(last), dict)
             else copy.deepcopy(value)
+        )
     return out
 
 
@@ -108,9 +111,14 @@ def plan(cfg: PipelineConfig) -> list[Plan]:
         trains = []
         for h in cfg.heads:
             label = h.label or h.name
-            tr = merge(merge(merge(cfg.train, ds.train), h.train),
-                       {"data": {"store": store}, "head": {"name": h.name, "options": h.options},
-                        "run": {"out": str(root / "heads" / label)}})
+            tr = merge(
+                merge(merge(cfg.train, ds.train), h.train),
+                {
+                    "data": {"store": store},
+                    "head": {"name": h.name, "options": h.options},
+                    "run": {"out": str(root / "heads" / label)},
+                },
+            )
             try:
                 trains.append((label, from_dict(TrainConfig, tr, source=f"heads[{label}] on {ds.name}")))
             except ConfigError as e:
@@ -143,8 +151,17 @@ def run_dataset(p: Plan) -> list[dict[str, Any]]:
         from stages.synth import generate
 
         s = p.dataset.synth
-        generate(p.root / "data", task=s.task, videos=s.videos, seed=s.seed, size=s.size, frames=s.frames,
-                 fps=s.fps, classes=s.classes, sprite=s.sprite)
+        generate(
+            p.root / "data",
+            task=s.task,
+            videos=s.videos,
+            seed=s.seed,
+            size=s.size,
+            frames=s.frames,
+            fps=s.fps,
+            classes=s.classes,
+            sprite=s.sprite,
+        )
     if store_is_current(p.extract):
         print(f"[{p.dataset.name}] stage one: {p.extract.store.path} already holds these features; skipped")
     else:
@@ -155,10 +172,18 @@ def run_dataset(p: Plan) -> list[dict[str, Any]]:
     for label, train in p.trains:
         t0 = time.perf_counter()
         metrics = run_train(train)
-        rows.append({"dataset": p.dataset.name, "head": label, "bytes_per_frame": bytes_per_frame,
-                     "train_s": round(time.perf_counter() - t0, 1), "top1": metrics.get("top1"),
-                     "top5": metrics.get("top5"), "mean_class_acc": metrics.get("mean_class_acc"),
-                     "s_per_epoch": seconds_per_epoch(Path(train.run.out) / "metrics.jsonl")})
+        rows.append(
+            {
+                "dataset": p.dataset.name,
+                "head": label,
+                "bytes_per_frame": bytes_per_frame,
+                "train_s": round(time.perf_counter() - t0, 1),
+                "top1": metrics.get("top1"),
+                "top5": metrics.get("top5"),
+                "mean_class_acc": metrics.get("mean_class_acc"),
+                "s_per_epoch": seconds_per_epoch(Path(train.run.out) / "metrics.jsonl"),
+            }
+        )
     return rows
 
 
@@ -175,17 +200,24 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = "| data set | head | top-1 | top-5 | mean class acc | s/epoch | bytes/frame stored |"
     lines = [head, "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+
         def fmt(x: Any, pct: bool = True) -> str:
             return "-" if x is None else (f"{100 * x:.1f}%" if pct else f"{x:.2f}")
-        lines.append(f"| {r['dataset']} | {r['head']} | {fmt(r['top1'])} | {fmt(r['top5'])} | "
-                     f"{fmt(r['mean_class_acc'])} | {fmt(r['s_per_epoch'], False)} | {r['bytes_per_frame']:,} |")
+
+        lines.append(
+            f"| {r['dataset']} | {r['head']} | {fmt(r['top1'])} | {fmt(r['top5'])} | "
+            f"{fmt(r['mean_class_acc'])} | {fmt(r['s_per_epoch'], False)} | {r['bytes_per_frame']:,} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twostage run", description=__doc__.split("\n\n")[0],
-                                     epilog="Example: twostage run configs/quickstart.yaml out=runs/qs2 "
-                                            "(overrides use dotted keys of this file's schema).")
+    parser = argparse.ArgumentParser(
+        prog="twostage run",
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: twostage run configs/quickstart.yaml out=runs/qs2 "
+        "(overrides use dotted keys of this file's schema).",
+    )
     parser.add_argument("config", help="pipeline YAML (configs/quickstart.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
@@ -198,5 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(md + "\n")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "config": to_dict(cfg)}, indent=2, default=str))
+    (out / "results.json").write_text(
+        json.dumps({"rows": rows, "config": to_dict(cfg)}, indent=2, default=str)
+    )
     return 0

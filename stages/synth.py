@@ -277,7 +277,13 @@ def generate(
     rows = []
     for i, label in enumerate(labels.tolist()):
         video, meta = render(
-            task, label, (seed, i), size=size, frames=frames, classes=len(names), cue_frames=cue_frames,
+            task,
+            label,
+            (seed, i),
+            size=size,
+            frames=frames,
+            classes=len(names),
+            cue_frames=cue_frames,
             sprite=sprite,
         )
         rel = f"videos/{i:06d}.mp4"

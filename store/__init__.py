@@ -18,6 +18,17 @@ from store.writer import PartWriter, VideoEntry, ViewRows, create_store, set_com
 configure_zarr()
 
 __all__ = [
-    "FeatureStore", "PartWriter", "StoreSpec", "TensorSpec", "VideoEntry", "VideoRecord", "ViewRows",
-    "create_store", "finalize", "inspect", "set_complete", "validate_id", "verify",
+    "FeatureStore",
+    "PartWriter",
+    "StoreSpec",
+    "TensorSpec",
+    "VideoEntry",
+    "VideoRecord",
+    "ViewRows",
+    "create_store",
+    "finalize",
+    "inspect",
+    "set_complete",
+    "validate_id",
+    "verify",
 ]

@@ -83,7 +83,7 @@ class Checksum:
 
     def update(self, name: str, array: np.ndarray) -> None:
         self._crc = zlib.crc32(name.encode(), self._crc)
-        self._crc = zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), self._crc)
+        self._crc = zlib.crc32(np.ascontiguousarray(array).view(np.uint8).data, self._crc)
 
     def hexdigest(self) -> str:
         return f"{self._crc:08x}"
@@ -105,11 +105,13 @@ def compressors(compression: str, itemsize: int, level: int | None = None, crc: 
     tail = [Crc32cCodec()] if crc else []
     if compression == "zstd":
         # bitshuffle groups the bits of 16-bit activations by significance: the only shuffle that helps fp16
-        codec: Any = BloscCodec(cname="zstd", clevel=3 if level is None else level, shuffle="bitshuffle",
-                                typesize=itemsize)
+        codec: Any = BloscCodec(
+            cname="zstd", clevel=3 if level is None else level, shuffle="bitshuffle", typesize=itemsize
+        )
     elif compression == "lz4":  # byte shuffle: faster than bitshuffle, and smaller on fp16 activations here
-        codec = BloscCodec(cname="lz4", clevel=5 if level is None else level, shuffle="shuffle",
-                           typesize=itemsize)
+        codec = BloscCodec(
+            cname="lz4", clevel=5 if level is None else level, shuffle="shuffle", typesize=itemsize
+        )
     elif compression == "zstd-plain":  # pragma: no cover - kept for benchmarks
         codec = ZstdCodec(level=3 if level is None else level)
     elif compression == "none":

@@ -21,8 +21,10 @@ def _crc(body: str) -> str:
 
 def write_log_line(path: Path, record: dict[str, Any]) -> None:
     body = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    line = json.dumps({"crc": _crc(body), "record": json.loads(body)}, sort_keys=True,
-                      separators=(",", ":")) + "\n"
+    line = (
+        json.dumps({"crc": _crc(body), "record": json.loads(body)}, sort_keys=True, separators=(",", ":"))
+        + "\n"
+    )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -33,7 +35,9 @@ def write_log_line(path: Path, record: dict[str, Any]) -> None:
 
 def parse_log(text: str) -> tuple[list[dict[str, Any]], list[int], int, int]:
     """Records, the numbers of bad lines, the byte length of the valid prefix, and the line count."""
-    records, bad, good_bytes, pos = [], [], 0, 0
+    records: list[dict[str, Any]] = []
+    bad: list[int] = []
+    good_bytes = pos = 0
     lines = text.splitlines(keepends=True)
     for number, line in enumerate(lines, start=1):
         pos += len(line.encode())

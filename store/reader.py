@@ -64,19 +64,32 @@ class FeatureStore:
     def _open_group(self) -> zarr.Group:
         if self._group is None:
             try:
-                self._group = zarr.open_group(store=self.path, mode="r", use_consolidated=False,
-                                              storage_options=self.storage_options if "://" in self.path else None)
-            except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
-                    zarr.errors.ContainsArrayError, json.JSONDecodeError):
-                raise NotAStoreError(f"{self.path} is not a twostage store (no zarr group there). Point to the "
-                                     "folder `twostage extract` wrote (the `store` key of its config).") from None
+                self._group = zarr.open_group(
+                    store=self.path,
+                    mode="r",
+                    use_consolidated=False,
+                    storage_options=self.storage_options if "://" in self.path else None,
+                )
+            except (
+                FileNotFoundError,
+                zarr.errors.GroupNotFoundError,
+                zarr.errors.NodeTypeValidationError,
+                zarr.errors.ContainsArrayError,
+                json.JSONDecodeError,
+            ):
+                raise NotAStoreError(
+                    f"{self.path} is not a twostage store (no zarr group there). Point to the "
+                    "folder `twostage extract` wrote (the `store` key of its config)."
+                ) from None
         return self._group
 
     def _root_attrs(self) -> dict[str, Any]:
         attrs = self._open_group().attrs.asdict().get(layout.ATTRS_KEY)
         if not isinstance(attrs, dict):
-            raise NotAStoreError(f"{self.path} is a zarr group but not a twostage store (no "
-                                 f"'{layout.ATTRS_KEY}' attributes). Point to a store written by `twostage extract`.")
+            raise NotAStoreError(
+                f"{self.path} is a zarr group but not a twostage store (no "
+                f"'{layout.ATTRS_KEY}' attributes). Point to a store written by `twostage extract`."
+            )
         return attrs
 
     def __getstate__(self) -> dict[str, Any]:
@@ -89,7 +102,9 @@ class FeatureStore:
         videos, failures, self.log_problems = [], {}, []
         for part in self.parts():
             records, bad = read_log(self._join(layout.part_path(part), layout.COMMITS_FILE))
-            self.log_problems += [f"{part}/{layout.COMMITS_FILE} line {n}: unreadable (checksum)" for n in bad]
+            self.log_problems += [
+                f"{part}/{layout.COMMITS_FILE} line {n}: unreadable (checksum)" for n in bad
+            ]
             videos += [_record(part, r) for r in records]
             for f in read_log(self._join(layout.part_path(part), layout.FAILURES_FILE))[0]:
                 failures[f["id"]] = f | {"part": part}
@@ -136,7 +151,10 @@ class FeatureStore:
 
     def frozen_weights(self) -> dict[str, np.ndarray]:
         group = self._open_group()
-        return {name: np.asarray(group[f"{layout.FROZEN_GROUP}/{name}"][...]) for name in self.spec.frozen}
+        return {
+            name: np.asarray(group[f"{layout.FROZEN_GROUP}/{name}"][...])  # type: ignore[index]
+            for name in self.spec.frozen
+        }
 
     # -- reading ----------------------------------------------------------------------------------
     def array(self, part: str, name: str) -> zarr.Array:
@@ -155,17 +173,27 @@ class FeatureStore:
                 "and extract them again."
             ) from e
 
-    def read(self, video: int | str, view: int = 0, rows: slice | Sequence[int] | np.ndarray | None = None,
-             tensors: Sequence[str] | None = None, dequantise: bool = True,
-             dtype: Any = np.float32) -> dict[str, np.ndarray]:
-        """Rows of one view: ``{name: [n, *shape]}``; ``rows`` indexes the view's frames (slice or indices)."""
+    def read(
+        self,
+        video: int | str,
+        view: int = 0,
+        rows: slice | Sequence[int] | np.ndarray | None = None,
+        tensors: Sequence[str] | None = None,
+        dequantise: bool = True,
+        dtype: Any = np.float32,
+    ) -> dict[str, np.ndarray]:
+        """Rows of one view: ``{name: [n, *shape]}``; ``rows`` picks the view's frames (slice or indices)."""
         rec = self.video(video)
         start, n = self._view(rec, view)
         idx = np.arange(n)[rows] if rows is not None else np.arange(n)
         return self._gather(rec.part, start, idx, self._names(tensors), dequantise, dtype)
 
-    def read_clips(self, clips: Sequence[tuple[int | str, int, Sequence[int]]],
-                   tensors: Sequence[str] | None = None, dtype: Any = np.float32) -> dict[str, np.ndarray]:
+    def read_clips(
+        self,
+        clips: Sequence[tuple[int | str, int, Sequence[int]]],
+        tensors: Sequence[str] | None = None,
+        dtype: Any = np.float32,
+    ) -> dict[str, np.ndarray]:
         """A batch of clips ``(video, view, frame indices)`` of equal length: ``{name: [B, T, *shape]}``."""
         names = self._names(tensors)
         per_clip = [self.read(v, view, np.asarray(idx), names, dtype=dtype) for v, view, idx in clips]
@@ -174,8 +202,15 @@ class FeatureStore:
             raise StoreError(f"clips in one batch must have equal lengths, got {sorted(lengths)}")
         return {name: np.stack([c[name] for c in per_clip]) for name in names}
 
-    def iter_chunks(self, video: int | str, chunk: int, view: int = 0, tensors: Sequence[str] | None = None,
-                    drop_last: bool = False, dtype: Any = np.float32) -> Iterator[dict[str, np.ndarray]]:
+    def iter_chunks(
+        self,
+        video: int | str,
+        chunk: int,
+        view: int = 0,
+        tensors: Sequence[str] | None = None,
+        drop_last: bool = False,
+        dtype: Any = np.float32,
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Consecutive chunks of ``chunk`` frames, in time order; memory bounded by one chunk."""
         rec = self.video(video)
         _, n = self._view(rec, view)
@@ -201,8 +236,9 @@ class FeatureStore:
             self.spec.tensor(name)  # raises a StoreMismatchError naming what the store has
         return list(tensors)
 
-    def _gather(self, part: str, start: int, idx: np.ndarray, names: list[str], dequantise: bool,
-                dtype: Any) -> dict[str, np.ndarray]:
+    def _gather(
+        self, part: str, start: int, idx: np.ndarray, names: list[str], dequantise: bool, dtype: Any
+    ) -> dict[str, np.ndarray]:
         if idx.size == 0:
             lo = hi = 0
         else:
@@ -222,8 +258,19 @@ class FeatureStore:
 
 def _record(part: str, r: dict[str, Any]) -> VideoRecord:
     views = {int(v["view"]): (int(v["row_start"]), int(v["n_rows"])) for v in r["views"]}
-    view_meta = {int(v["view"]): {k: x for k, x in v.items() if k not in ("view", "row_start", "n_rows")}
-                 for v in r["views"]}
-    return VideoRecord(id=r["id"], label=int(r["label"]), source=r["source"], fps=float(r["fps"]),
-                       num_frames=int(r["num_frames"]), part=part, views=views,
-                       checksum=r["checksum"]["value"], meta=r.get("meta", {}), view_meta=view_meta)
+    view_meta = {
+        int(v["view"]): {k: x for k, x in v.items() if k not in ("view", "row_start", "n_rows")}
+        for v in r["views"]
+    }
+    return VideoRecord(
+        id=r["id"],
+        label=int(r["label"]),
+        source=r["source"],
+        fps=float(r["fps"]),
+        num_frames=int(r["num_frames"]),
+        part=part,
+        views=views,
+        checksum=r["checksum"]["value"],
+        meta=r.get("meta", {}),
+        view_meta=view_meta,
+    )

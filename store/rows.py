@@ -28,27 +28,48 @@ class RowArray:
         self.written = 0  # rows [0, written) are on disk
 
     @classmethod
-    def open_or_create(cls, group: zarr.Group, name: str, shape: tuple[int, ...], dtype: str,
-                       dims: tuple[str, ...], compression: str, shard_bytes: int, crc: bool = False) -> RowArray:
+    def open_or_create(
+        cls,
+        group: zarr.Group,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: str,
+        dims: tuple[str, ...],
+        compression: str,
+        shard_bytes: int,
+        crc: bool = False,
+    ) -> RowArray:
         if name in group:
             array = group[name]
+            if not isinstance(array, zarr.Array):
+                raise ValueError(f"{group.path}/{name} is a group where the store expects an array")
             if tuple(array.shape[1:]) != tuple(shape) or str(array.dtype) != np.dtype(dtype).name:
-                raise ValueError(f"array {array.path} is {array.shape[1:]}/{array.dtype}, expected {shape}/{dtype}")
+                raise ValueError(
+                    f"array {array.path} is {array.shape[1:]}/{array.dtype}, expected {shape}/{dtype}"
+                )
             return cls(array)  # type: ignore[arg-type]
         row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        chunk = codecs.rows_per_chunk(row_bytes, min(1 << 20, shard_bytes))  # a chunk never outgrows its shard
+        chunk = codecs.rows_per_chunk(
+            row_bytes, min(1 << 20, shard_bytes)
+        )  # a chunk never outgrows its shard
         shard = codecs.rows_per_shard(row_bytes, chunk, shard_bytes)
         array = group.create_array(
-            name, shape=(0, *shape), dtype=dtype, chunks=(chunk, *shape), shards=(shard, *shape),
-            compressors=codecs.compressors(compression, np.dtype(dtype).itemsize, crc=crc), fill_value=0,
-            dimension_names=dims, config={"write_empty_chunks": True},
+            name,
+            shape=(0, *shape),
+            dtype=dtype,
+            chunks=(chunk, *shape),
+            shards=(shard, *shape),
+            compressors=codecs.compressors(compression, np.dtype(dtype).itemsize, crc=crc),
+            fill_value=0,
+            dimension_names=dims,
+            config={"write_empty_chunks": True},
         )
         return cls(array)
 
     def reset(self, committed_end: int) -> None:
-        """Resume after ``committed_end`` rows: reload the unfinished shard's committed rows, drop the rest."""
+        """Resume after ``committed_end`` rows: reload the open shard's committed rows, drop the rest."""
         start = (committed_end // self.shard_rows) * self.shard_rows
-        self._buf = [self.array[start:committed_end]] if committed_end > start else []
+        self._buf = [np.asarray(self.array[start:committed_end])] if committed_end > start else []
         self._buf_rows = committed_end - start
         self._buf_start = start
         if self.array.shape[0] != committed_end:
@@ -62,7 +83,7 @@ class RowArray:
         while self._buf_rows >= self.shard_rows:
             data = np.concatenate(self._buf) if len(self._buf) > 1 else self._buf[0]
             self._write(self._buf_start, data[: self.shard_rows])
-            rest = data[self.shard_rows:]
+            rest = data[self.shard_rows :]
             self._buf, self._buf_rows = ([rest] if len(rest) else []), len(rest)
             self._buf_start += self.shard_rows
 

@@ -61,14 +61,23 @@ class TensorSpec:
             "bytes_per_frame": self.bytes_per_frame,
         }
         if self.quantised:
-            out["quantisation"] = {"scheme": "int8-absmax-per-token", "scale_dtype": "float16",
-                                   "bound": INT8_BOUND}
+            out["quantisation"] = {
+                "scheme": "int8-absmax-per-token",
+                "scale_dtype": "float16",
+                "bound": INT8_BOUND,
+            }
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(name=d["name"], layer=d["layer"], kind=d["kind"], shape=tuple(d["shape"]),
-                   dtype=d.get("dtype", "float16"), pool=d.get("pool"))
+        return cls(
+            name=d["name"],
+            layer=d["layer"],
+            kind=d["kind"],
+            shape=tuple(d["shape"]),
+            dtype=d.get("dtype", "float16"),
+            pool=d.get("pool"),
+        )
 
 
 @dataclass(frozen=True)
@@ -134,10 +143,14 @@ class StoreSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> StoreSpec:
         return cls(
-            backbone=d["backbone"], preprocessing=d["preprocessing"], sampling=d["sampling"],
+            backbone=d["backbone"],
+            preprocessing=d["preprocessing"],
+            sampling=d["sampling"],
             tensors=tuple(TensorSpec.from_json(t) for t in d["tensors"]),
-            classes=tuple(d.get("classes", ())), config=d.get("config", {}),
-            storage=d.get("storage", {}), frozen=tuple(d.get("frozen", ())),
+            classes=tuple(d.get("classes", ())),
+            config=d.get("config", {}),
+            storage=d.get("storage", {}),
+            frozen=tuple(d.get("frozen", ())),
         )
 
 
@@ -172,5 +185,5 @@ def diff(old: Any, new: Any, path: str = "") -> list[str]:
                 out.extend(diff(old[key], new[key], sub))
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [d for i, (a, b) in enumerate(zip(old, new)) for d in diff(a, b, f"{path}[{i}]")]
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in diff(a, b, f"{path}[{i}]")]
     return [] if old == new else [f"{path}: {old!r} -> {new!r}"]

@@ -68,8 +68,11 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     frames = sum(n for v in fs.videos for _, n in v.views.values())
     return {
         "path": str(path),
-        "format": {"name": fs.attrs["format"], "version": fs.attrs["version"],
-                   "package_version": fs.attrs.get("package_version")},
+        "format": {
+            "name": fs.attrs["format"],
+            "version": fs.attrs["version"],
+            "package_version": fs.attrs.get("package_version"),
+        },
         "complete": fs.complete,
         "completion": fs.attrs.get("complete"),
         "videos": len(fs.videos),
@@ -80,8 +83,10 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         "backbone": fs.backbone,
         "sampling": fs.spec.sampling,
         "tensors": [t.to_json() for t in fs.spec.tensors],
-        "bytes_per_frame": {"total": fs.spec.bytes_per_frame,
-                            **{t.name: t.bytes_per_frame for t in fs.spec.tensors}},
+        "bytes_per_frame": {
+            "total": fs.spec.bytes_per_frame,
+            **{t.name: t.bytes_per_frame for t in fs.spec.tensors},
+        },
         "disk_bytes": _disk_bytes(fs.path),
         "failures": [{k: f.get(k) for k in ("id", "source", "stage", "error")} for f in fs.failures],
         "log_problems": fs.log_problems,
@@ -112,8 +117,12 @@ def finalize(path: str | os.PathLike[str], summary: dict[str, Any] | None = None
     for name, values in columns.items():
         if len(values) == 0:
             values = values.astype(object if values.dtype.kind == "T" else values.dtype)[:0]
-        index.create_array(name, data=values if len(values) else np.zeros(0, dtype="int64"),
-                           overwrite=True, dimension_names=("entry",))
+        index.create_array(
+            name,
+            data=values if len(values) else np.zeros(0, dtype="int64"),
+            overwrite=True,
+            dimension_names=("entry",),
+        )
     done = {"videos": len(fs.videos), "failures": len(fs.failures), "time": time.time(), **(summary or {})}
     set_complete(path, done)
     return done

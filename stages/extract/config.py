@@ -11,9 +11,13 @@ from typing import Literal
 
 @dataclass
 class BackboneConfig:
-    name: str = "test_openclip_vit"  # a registry name (`twostage --list-backbones`), or open_clip:ARCH / timm:NAME
+    name: str = (
+        "test_openclip_vit"  # a registry name (`twostage --list-backbones`), or open_clip:ARCH / timm:NAME
+    )
     pretrained: str | None = None  # open_clip pretrained tag / timm tag; None = the entry's own default
-    weights_file: str | None = None  # local .pt/.bin/.safetensors, loaded safely (weights_only); sha256 recorded
+    weights_file: str | None = (
+        None  # local .pt/.bin/.safetensors, loaded safely (weights_only); sha256 recorded
+    )
     device: str = "auto"  # auto = cuda when available, else cpu
     batch_frames: int = 64  # frames per device batch, packed across videos: large enough to fill a GPU
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU, where fp32 is faster and exact)
@@ -49,7 +53,9 @@ class StoreConfig:
     dtype: Literal["float16", "int8"] = "float16"  # float16 keeps fp16/bf16 activations; int8 halves bytes
     compression: Literal["zstd", "lz4", "none"] = "lz4"  # blosc lz4: fast; zstd packs tighter, writes slower
     shard_mb: float = 64.0  # target shard size: the unit of writing (fewer, larger files on cluster disks)
-    chunk_crc: bool = False  # crc32c per chunk: damaged bytes fail the read itself (verify catches them anyway)
+    chunk_crc: bool = (
+        False  # crc32c per chunk: damaged bytes fail the read itself (verify catches them anyway)
+    )
     overwrite: bool = False  # delete a store made with another config and start anew
     commit_interval_s: float = 30.0  # at most this much finished work is lost if the run is killed
 
@@ -68,7 +74,9 @@ class RunConfig:
     progress: bool = True  # a progress bar on stderr
     part: str | None = None  # "I/N": process only part I of N (plain job arrays); see `twostage commit`
     limit: int | None = None  # process at most this many videos (smoke tests)
-    video_timeout_s: float = 600.0  # a decoder stuck this long on one video is killed; the video is recorded failed
+    video_timeout_s: float = (
+        600.0  # a decoder stuck this long on one video is killed; the video is recorded failed
+    )
 
 
 @dataclass
@@ -78,7 +86,9 @@ class ClusterConfig:
     address: str | None = None  # kind=address: the scheduler of an existing dask cluster (tcp://host:8786)
     parts: int | None = None  # parts of the work, one task each (default 4 x workers, >= 16 videos per part)
     retries: int = 2  # times a failed task is retried on another worker
-    jobqueue: dict[str, str | int | float | list[str]] = field(default_factory=dict)  # SLURMCluster/PBSCluster kwargs
+    jobqueue: dict[str, str | int | float | list[str]] = field(
+        default_factory=dict
+    )  # SLURMCluster/PBSCluster kwargs
 
 
 @dataclass
@@ -86,9 +96,13 @@ class ExtractConfig:
     source: str = ""  # csv/jsonl list, class-per-folder tree, or webdataset shards (path/shard-{0..9}.tar)
     store: StoreConfig = field(default_factory=lambda: StoreConfig(path="runs/features.zarr"))
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    tensors: list[str] = field(default_factory=lambda: ["final.cls"])  # "{layer}.{kind}", layer b-1 = last block
+    tensors: list[str] = field(
+        default_factory=lambda: ["final.cls"]
+    )  # "{layer}.{kind}", layer b-1 = last block
     pool: int = 4  # grid p of "pooled" tensors (p x p cells)
-    classes: list[str] | None = None  # fixed class order; None = from classes.txt next to the list, else sorted
+    classes: list[str] | None = (
+        None  # fixed class order; None = from classes.txt next to the list, else sorted
+    )
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -69,12 +69,23 @@ class _Video:
 
 
 class Extractor:
-    """Runs one part: ``Extractor(...).run(items)``; each item is committed to ``writer`` or recorded failed."""
+    """Runs one part: ``Extractor(...).run(items, numbers)``; each item is committed or recorded failed."""
 
-    def __init__(self, backbone: FrozenBackbone, requests: list[TensorRequest], job: DecodeJob,
-                 writer: PartWriter, *, classes: list[str], workers: int, batch_frames: int,
-                 quantise: bool, fail_fast: bool = False, progress: Any = None,
-                 video_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        requests: list[TensorRequest],
+        job: DecodeJob,
+        writer: PartWriter,
+        *,
+        classes: list[str],
+        workers: int,
+        batch_frames: int,
+        quantise: bool,
+        fail_fast: bool = False,
+        progress: Any = None,
+        video_timeout_s: float = 600.0,
+    ) -> None:
         self.video_timeout_s = video_timeout_s
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.backbone, self.requests, self.job, self.writer = backbone, requests, job, writer
@@ -124,8 +135,11 @@ class Extractor:
 
     def _spawn(self, ctx: Any) -> tuple[Any, Any, Any]:
         slot, started = ctx.Value("l", -1), ctx.Value("d", 0.0)
-        proc = ctx.Process(target=worker_main, daemon=True,
-                           args=(self.job, self.items, self._tasks, self._results, slot, started, os.getpid()))
+        proc = ctx.Process(
+            target=worker_main,
+            daemon=True,
+            args=(self.job, self.items, self._tasks, self._results, slot, started, os.getpid()),
+        )
         proc.start()
         return proc, slot, started
 
@@ -150,15 +164,20 @@ class Extractor:
         """Replace a worker that crashed (a decoder segfault) or hangs on one video past the timeout."""
         for i, (proc, slot, started) in enumerate(procs):
             number = slot.value
-            hung = number >= 0 and proc.exitcode is None and time.time() - started.value > self.video_timeout_s
+            hung = (
+                number >= 0 and proc.exitcode is None and time.time() - started.value > self.video_timeout_s
+            )
             if hung:
                 proc.kill()
                 proc.join()
             elif proc.exitcode is None or proc.exitcode == 0:
                 continue
             if number >= 0 and number not in self._dead:
-                why = f"no result after {self.video_timeout_s:.0f} s (decoder hang; run.video_timeout_s)" \
-                    if hung else f"the decoder process died (exit code {proc.exitcode})"
+                why = (
+                    f"no result after {self.video_timeout_s:.0f} s (decoder hang; run.video_timeout_s)"
+                    if hung
+                    else f"the decoder process died (exit code {proc.exitcode})"
+                )
                 self._fail(number, "decode", why)
             procs[i] = self._spawn(ctx)  # a replacement worker picks up the remaining tasks
             self._tasks.put(None)
@@ -175,9 +194,9 @@ class Extractor:
         elif kind == "frames":
             _, _, view, row0, frames, times, idx, padded, seconds = msg
             v = self._videos[number].views[view]
-            v["time_s"][row0: row0 + len(frames)] = times
-            v["frame_index"][row0: row0 + len(frames)] = idx
-            v["padded"][row0: row0 + len(frames)] = padded
+            v["time_s"][row0 : row0 + len(frames)] = times
+            v["frame_index"][row0 : row0 + len(frames)] = idx
+            v["padded"][row0 : row0 + len(frames)] = padded
             self.stats.decode_s += seconds
             self._pieces.append((number, view, row0, 0, frames))
         elif kind == "done":
@@ -195,8 +214,14 @@ class Extractor:
                     arrays[name] = (np.empty((n, *shape), np.int8), np.empty((n, *shape[:-1]), np.float16))
                 else:
                     arrays[name] = np.empty((n, *shape), np.float16)
-            views[v["view"]] = {"rows": n, "meta": v["meta"], "tensors": arrays, "time_s": np.zeros(n),
-                                "frame_index": np.zeros(n, np.int64), "padded": np.zeros(n, bool)}
+            views[v["view"]] = {
+                "rows": n,
+                "meta": v["meta"],
+                "tensors": arrays,
+                "time_s": np.zeros(n),
+                "frame_index": np.zeros(n, np.int64),
+                "padded": np.zeros(n, bool),
+            }
         return _Video(info=info, views=views, missing=sum(v["rows"] for v in info["views"]))
 
     def _fail(self, number: int, stage: str, error: str) -> None:
@@ -219,7 +244,7 @@ class Extractor:
         while self._pieces and room > 0:
             number, view, row0, offset, x = self._pieces.popleft()
             take = min(room, len(x) - offset)
-            frames.append(x[offset: offset + take])
+            frames.append(x[offset : offset + take])
             owners.append((number, view, row0 + offset, take))
             if offset + take < len(x):
                 self._pieces.appendleft((number, view, row0, offset + take, x))
@@ -238,10 +263,12 @@ class Extractor:
             for name, value in host.items():
                 target = video.views[view]["tensors"][name]
                 if self.quantise:
-                    target[0][row0: row0 + n], target[1][row0: row0 + n] = value[0][start: start + n], \
-                        value[1][start: start + n]
+                    target[0][row0 : row0 + n], target[1][row0 : row0 + n] = (
+                        value[0][start : start + n],
+                        value[1][start : start + n],
+                    )
                 else:
-                    target[row0: row0 + n] = value[start: start + n]
+                    target[row0 : row0 + n] = value[start : start + n]
             video.missing -= n
             start += n
             self.stats.frames += n
@@ -261,12 +288,25 @@ class Extractor:
         del self._videos[number]
         item = self.items[number]
         label = self.class_index.get(item.label, -1) if item.label is not None else -1
-        entry = VideoEntry(id=item.id, label=label, source=item.path, fps=float(video.info["fps"]),
-                           num_frames=int(video.info["num_frames"]),
-                           meta={"label_name": item.label, "backend": video.info.get("backend"),
-                                 **item.meta})
-        views = [ViewRows(view=view, tensors=v["tensors"], time_s=v["time_s"], frame_index=v["frame_index"],
-                          padded=v["padded"], meta=v["meta"]) for view, v in sorted(video.views.items())]
+        entry = VideoEntry(
+            id=item.id,
+            label=label,
+            source=item.path,
+            fps=float(video.info["fps"]),
+            num_frames=int(video.info["num_frames"]),
+            meta={"label_name": item.label, "backend": video.info.get("backend"), **item.meta},
+        )
+        views = [
+            ViewRows(
+                view=view,
+                tensors=v["tensors"],
+                time_s=v["time_s"],
+                frame_index=v["frame_index"],
+                padded=v["padded"],
+                meta=v["meta"],
+            )
+            for view, v in sorted(video.views.items())
+        ]
         self._write_q.put(("add", entry, views))
         self.stats.committed += 1
         self._resolved += 1
@@ -292,5 +332,6 @@ class Extractor:
             return
         elapsed = max(1e-9, self.progress.format_dict.get("elapsed", 0.0) or 1e-9)
         self.progress.update(1)
-        self.progress.set_postfix(frames_s=f"{self.stats.frames / elapsed:.1f}", failed=self.stats.failed,
-                                  refresh=False)
+        self.progress.set_postfix(
+            frames_s=f"{self.stats.frames / elapsed:.1f}", failed=self.stats.failed, refresh=False
+        )

@@ -20,7 +20,16 @@ from stages.extract.backbones import FrozenBackbone, TensorRequest, build_backbo
 from stages.extract.config import ExtractConfig
 from stages.extract.runner import Extractor, Stats
 from stages.extract.worker import DecodeJob
-from store import FeatureStore, PartWriter, StoreSpec, TensorSpec, create_store, finalize, layout, set_complete
+from store import (
+    FeatureStore,
+    PartWriter,
+    StoreSpec,
+    TensorSpec,
+    create_store,
+    finalize,
+    layout,
+    set_complete,
+)
 
 
 def parse_requests(names: list[str], pool: int) -> list[TensorRequest]:
@@ -48,29 +57,71 @@ def frozen_layers(requests: list[TensorRequest], depth: int) -> list[int]:
     return sorted(set(layers))
 
 
-def build_spec(cfg: ExtractConfig, backbone: FrozenBackbone, requests: list[TensorRequest],
-               classes: list[str], frozen: list[str]) -> StoreSpec:
+def build_spec(
+    cfg: ExtractConfig,
+    backbone: FrozenBackbone,
+    requests: list[TensorRequest],
+    classes: list[str],
+    frozen: list[str],
+) -> StoreSpec:
     shapes = backbone.output_shapes(requests)
-    tensors = tuple(TensorSpec(name=r.name, layer=r.layer, kind=r.kind, shape=tuple(shapes[r.name]),
-                               dtype=cfg.store.dtype, pool=r.pool) for r in requests)
+    tensors = tuple(
+        TensorSpec(
+            name=r.name,
+            layer=r.layer,
+            kind=r.kind,
+            shape=tuple(shapes[r.name]),
+            dtype=cfg.store.dtype,
+            pool=r.pool,
+        )
+        for r in requests
+    )
     bb = backbone.spec
-    preprocessing = {"input_size": bb["input_size"], "short_side": cfg.sampling.short_side or bb["input_size"],
-                     "mean": bb["mean"], "std": bb["std"], "interpolation": bb["interpolation"],
-                     "resize": "aspect-preserving short side, then crop", "dtype_in": "float16"}
-    return StoreSpec(backbone=bb, preprocessing=preprocessing, sampling=to_dict(cfg.sampling), tensors=tensors,
-                     classes=tuple(classes), config=to_dict(cfg),
-                     storage={"compression": cfg.store.compression, "shard_mb": cfg.store.shard_mb,
-                              "chunk_crc": cfg.store.chunk_crc},
-                     frozen=tuple(frozen))
+    preprocessing = {
+        "input_size": bb["input_size"],
+        "short_side": cfg.sampling.short_side or bb["input_size"],
+        "mean": bb["mean"],
+        "std": bb["std"],
+        "interpolation": bb["interpolation"],
+        "resize": "aspect-preserving short side, then crop",
+        "dtype_in": "float16",
+    }
+    return StoreSpec(
+        backbone=bb,
+        preprocessing=preprocessing,
+        sampling=to_dict(cfg.sampling),
+        tensors=tensors,
+        classes=tuple(classes),
+        config=to_dict(cfg),
+        storage={
+            "compression": cfg.store.compression,
+            "shard_mb": cfg.store.shard_mb,
+            "chunk_crc": cfg.store.chunk_crc,
+        },
+        frozen=tuple(frozen),
+    )
 
 
 def decode_job(cfg: ExtractConfig, backbone: FrozenBackbone) -> DecodeJob:
     s, bb = cfg.sampling, backbone.spec
-    return DecodeJob(mode=s.mode, frames=s.frames, stride=s.stride, temporal_views=s.temporal_views,
-                     spatial_views=s.spatial_views, split=s.split, target_fps=s.target_fps,
-                     max_frames=s.max_frames, size=bb["input_size"], short_side=s.short_side or bb["input_size"],
-                     interpolation=bb["interpolation"], mean=tuple(bb["mean"]), std=tuple(bb["std"]),
-                     seed=cfg.run.seed, decoder=cfg.run.decoder, chunk=min(32, cfg.backbone.batch_frames))
+    return DecodeJob(
+        mode=s.mode,
+        frames=s.frames,
+        stride=s.stride,
+        temporal_views=s.temporal_views,
+        spatial_views=s.spatial_views,
+        split=s.split,
+        target_fps=s.target_fps,
+        max_frames=s.max_frames,
+        size=bb["input_size"],
+        short_side=s.short_side or bb["input_size"],
+        interpolation=bb["interpolation"],
+        mean=tuple(bb["mean"]),
+        std=tuple(bb["std"]),
+        seed=cfg.run.seed,
+        decoder=cfg.run.decoder,
+        chunk=min(32, cfg.backbone.batch_frames),
+    )
 
 
 def select_part(items: list[sources.VideoItem], part: str | None) -> tuple[list[int], str, bool]:
@@ -87,13 +138,19 @@ def select_part(items: list[sources.VideoItem], part: str | None) -> tuple[list[
     return [n for k, n in enumerate(order) if k % count == index], layout.part_name(index, count), False
 
 
-def prepare_store(cfg: ExtractConfig, classes: list[str], device: str) -> tuple[FrozenBackbone, list[TensorRequest]]:
+def prepare_store(
+    cfg: ExtractConfig, classes: list[str], device: str
+) -> tuple[FrozenBackbone, list[TensorRequest]]:
     """Build the backbone, resolve the tensors, and create (or check) the store with their spec.
 
     The one place a store's spec is made: stage one and the dask driver both call it.
     """
-    backbone = build_backbone(cfg.backbone.name, pretrained=cfg.backbone.pretrained,
-                              weights_file=cfg.backbone.weights_file, device=device)
+    backbone = build_backbone(
+        cfg.backbone.name,
+        pretrained=cfg.backbone.pretrained,
+        weights_file=cfg.backbone.weights_file,
+        device=device,
+    )
     requests = backbone.resolve(parse_requests(cfg.tensors, cfg.pool))
     layers = frozen_layers(requests, backbone.spec["depth"]) if backbone.qk_recomputable else []
     frozen = backbone.frozen_weights(layers) if layers else {}
@@ -102,8 +159,9 @@ def prepare_store(cfg: ExtractConfig, classes: list[str], device: str) -> tuple[
     return backbone, requests
 
 
-def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int] | None = None,
-                steal_lock: bool = False) -> Stats:
+def run_extract(
+    cfg: ExtractConfig, *, part: str | None = None, items: list[int] | None = None, steal_lock: bool = False
+) -> Stats:
     """Extract every video of ``cfg.source`` not yet committed; returns the run's statistics.
 
     ``steal_lock`` takes over the part's LOCK whoever holds it: for a retried cluster task whose writer
@@ -122,12 +180,22 @@ def run_extract(cfg: ExtractConfig, *, part: str | None = None, items: list[int]
     if coordinator and todo:
         set_complete(cfg.store.path, None)
     progress = _progress(len(todo), cfg.run.progress)
-    with PartWriter(cfg.store.path, part, commit_interval_s=cfg.store.commit_interval_s,
-                    steal_lock=steal_lock) as writer:
-        extractor = Extractor(backbone, requests, decode_job(cfg, backbone), writer, classes=classes,
-                              workers=cfg.run.decode_workers, batch_frames=cfg.backbone.batch_frames,
-                              quantise=cfg.store.dtype == "int8", fail_fast=cfg.run.fail_fast, progress=progress,
-                              video_timeout_s=cfg.run.video_timeout_s)
+    with PartWriter(
+        cfg.store.path, part, commit_interval_s=cfg.store.commit_interval_s, steal_lock=steal_lock
+    ) as writer:
+        extractor = Extractor(
+            backbone,
+            requests,
+            decode_job(cfg, backbone),
+            writer,
+            classes=classes,
+            workers=cfg.run.decode_workers,
+            batch_frames=cfg.backbone.batch_frames,
+            quantise=cfg.store.dtype == "int8",
+            fail_fast=cfg.run.fail_fast,
+            progress=progress,
+            video_timeout_s=cfg.run.video_timeout_s,
+        )
         stats = extractor.run(video_items, todo)
     if progress is not None:
         progress.close()
@@ -159,18 +227,32 @@ def summary(stats: Stats, skipped: int = 0) -> dict[str, Any]:
     def rate(seconds: float) -> float | None:
         return round(stats.frames / seconds, 1) if seconds > 0 else None
 
-    return {"videos": stats.scheduled, "committed": stats.committed, "failed": stats.failed, "skipped": skipped,
-            "frames": stats.frames, "wall_s": round(stats.wall_s, 3),
-            "frames_per_s": rate(stats.wall_s), "videos_per_s": round(stats.committed / max(stats.wall_s, 1e-9), 2),
-            "decode_frames_per_busy_s": rate(stats.decode_s), "model_frames_per_s": rate(stats.model_s),
-            "write_frames_per_s": rate(stats.write_s), "failures": stats.failures}
+    return {
+        "videos": stats.scheduled,
+        "committed": stats.committed,
+        "failed": stats.failed,
+        "skipped": skipped,
+        "frames": stats.frames,
+        "wall_s": round(stats.wall_s, 3),
+        "frames_per_s": rate(stats.wall_s),
+        "videos_per_s": round(stats.committed / max(stats.wall_s, 1e-9), 2),
+        "decode_frames_per_busy_s": rate(stats.decode_s),
+        "model_frames_per_s": rate(stats.model_s),
+        "write_frames_per_s": rate(stats.write_s),
+        "failures": stats.failures,
+    }
 
 
 def print_summary(s: dict[str, Any], store: str) -> None:
-    print(f"extracted {s['committed']} videos ({s['frames']} frames) into {store} in {s['wall_s']:.1f} s: "
-          f"{s['frames_per_s']} frames/s, {s['videos_per_s']} videos/s; skipped {s['skipped']} already committed")
-    print(f"  components (frames per busy second): decode {s['decode_frames_per_busy_s']} (per worker), "
-          f"model {s['model_frames_per_s']}, write {s['write_frames_per_s']}")
+    print(
+        f"extracted {s['committed']} videos ({s['frames']} frames) into {store} in {s['wall_s']:.1f} s: "
+        f"{s['frames_per_s']} frames/s, {s['videos_per_s']} videos/s; "
+        f"skipped {s['skipped']} already committed"
+    )
+    print(
+        f"  components (frames per busy second): decode {s['decode_frames_per_busy_s']} (per worker), "
+        f"model {s['model_frames_per_s']}, write {s['write_frames_per_s']}"
+    )
     if s["failures"]:
         print(f"  {len(s['failures'])} failed videos:")
         for f in s["failures"]:
@@ -178,17 +260,23 @@ def print_summary(s: dict[str, Any], store: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.extract", description=__doc__.split("\n\n")[0],
-                                     epilog="Overrides: key=value with dotted keys, e.g. store.dtype=int8 "
-                                            "backbone.batch_frames=128 sampling.frames=16. "
-                                            "See configs/extract/ for ready configs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.extract",
+        description=__doc__.split("\n\n")[0],
+        epilog="Overrides: key=value with dotted keys, e.g. store.dtype=int8 "
+        "backbone.batch_frames=128 sampling.frames=16. "
+        "See configs/extract/ for ready configs.",
+    )
     parser.add_argument("config", help="YAML config (configs/extract/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first bad video (debugging)")
     parser.add_argument("--part", help="I/N: extract part I of N (job arrays); then `twostage commit STORE`")
     args = parser.parse_args(argv)
-    overrides = expand_shorthand(args.overrides) + (["run.fail_fast=true"] if args.fail_fast else []) + \
-        ([f"run.part={args.part}"] if args.part else [])
+    overrides = (
+        expand_shorthand(args.overrides)
+        + (["run.fail_fast=true"] if args.fail_fast else [])
+        + ([f"run.part={args.part}"] if args.part else [])
+    )
     cfg = load_config(ExtractConfig, args.config, overrides)
     if cfg.cluster.kind != "none" and cfg.run.part is None:
         from pipeline.cluster import run_cluster  # dask is only imported when asked for
@@ -197,11 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     stats = run_extract(cfg)
     s = summary(stats, getattr(stats, "skipped", 0))
     print_summary(s, cfg.store.path)
-    metrics = Path(f"{cfg.store.path.rstrip('/')}.extract{'-' + cfg.run.part.replace('/', 'of') if cfg.run.part else ''}.json")
+    suffix = "-" + cfg.run.part.replace("/", "of") if cfg.run.part else ""
+    metrics = Path(f"{cfg.store.path.rstrip('/')}.extract{suffix}.json")
     metrics.write_text(json.dumps(s | {"config": to_dict(cfg)}, indent=2, default=str))
     bad = stats.failed / max(1, stats.scheduled)
     if bad > cfg.run.max_failure_fraction:
-        print(f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
-              f"{cfg.run.max_failure_fraction}); see the list above and {metrics}", file=sys.stderr)
+        print(
+            f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
+            f"{cfg.run.max_failure_fraction}); see the list above and {metrics}",
+            file=sys.stderr,
+        )
         return 1
     return 0

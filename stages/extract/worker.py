@@ -57,42 +57,106 @@ def plan_views(job: DecodeJob, reader: Any, item: sources.VideoItem) -> tuple[li
     hw = (info.height, info.width)
     if job.mode == "dense":
         t = np.asarray(reader.timestamps(list(range(first, first + n))), np.float64)
-        plans = sampling.plan_dense(n, info.fps, target_fps=job.target_fps, size=job.size,
-                                    short_side=job.short_side, frame_hw=hw, max_frames=job.max_frames,
-                                    timestamps=t - t[0])  # real pts: variable frame rate sampled by time
+        plans = sampling.plan_dense(
+            n,
+            info.fps,
+            target_fps=job.target_fps,
+            size=job.size,
+            short_side=job.short_side,
+            frame_hw=hw,
+            max_frames=job.max_frames,
+            timestamps=t - t[0],
+        )  # real pts: variable frame rate sampled by time
     else:
-        plans = sampling.plan_clips(n, info.fps, frames=job.frames, stride=job.stride,
-                                    temporal_views=job.temporal_views, spatial_views=job.spatial_views,
-                                    mode=job.split, size=job.size, short_side=job.short_side, frame_hw=hw,
-                                    seed=job.seed, video_key=item.id)
+        plans = sampling.plan_clips(
+            n,
+            info.fps,
+            frames=job.frames,
+            stride=job.stride,
+            temporal_views=job.temporal_views,
+            spatial_views=job.spatial_views,
+            mode=job.split,
+            size=job.size,
+            short_side=job.short_side,
+            frame_hw=hw,
+            seed=job.seed,
+            video_key=item.id,
+        )
     return plans, first
 
 
 def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any) -> None:
-    """Decode one video and stream its views; raises on failure (the caller reports it)."""
-    stage = "open"
+    """Decode one video and stream its views; a failure is raised with ``.stage`` naming where it failed."""
+    progress = {"stage": "open"}
+    try:
+        _decode_video(job, number, item, send, progress)
+    except ParentGone:
+        raise
+    except Exception as e:
+        e.stage = progress["stage"]  # type: ignore[attr-defined]
+        raise
+
+
+def _decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any, progress: dict) -> None:
     with decode.open_video(sources.open_bytes(item), backend=job.decoder, name=item.path) as reader:
-        stage = "sample"
+        progress["stage"] = "sample"
         plans, first = plan_views(job, reader, item)
-        views = [{"view": p.view, "rows": len(p.frame_indices),
-                  "meta": {"temporal_pos": int(p.temporal_pos), "spatial_pos": int(p.spatial_pos),
-                           "crop": [float(c) for c in p.crop], "n_padded": int(np.sum(p.padded))}}
-                 for p in plans]
-        send(("info", number, {"num_frames": reader.info.num_frames, "fps": reader.info.fps,
-                                    "views": views, "backend": reader.info.backend}))
+        views = [
+            {
+                "view": p.view,
+                "rows": len(p.frame_indices),
+                "meta": {
+                    "temporal_pos": int(p.temporal_pos),
+                    "spatial_pos": int(p.spatial_pos),
+                    "crop": [float(c) for c in p.crop],
+                    "n_padded": int(np.sum(p.padded)),
+                },
+            }
+            for p in plans
+        ]
+        send(
+            (
+                "info",
+                number,
+                {
+                    "num_frames": reader.info.num_frames,
+                    "fps": reader.info.fps,
+                    "views": views,
+                    "backend": reader.info.backend,
+                },
+            )
+        )
         for p in plans:
             for row0 in range(0, len(p.frame_indices), job.chunk):
-                stage = "decode"
+                progress["stage"] = "decode"
                 t0 = time.perf_counter()
-                idx = p.frame_indices[row0: row0 + job.chunk] + first
+                idx = p.frame_indices[row0 : row0 + job.chunk] + first
                 frames = reader.get_frames(idx.tolist())
                 times = reader.timestamps(idx.tolist())
-                stage = "preprocess"
-                x = sampling.preprocess(frames, p, size=job.size, short_side=job.short_side,
-                                        interpolation=job.interpolation, mean=job.mean, std=job.std)
+                progress["stage"] = "preprocess"
+                x = sampling.preprocess(
+                    frames,
+                    p,
+                    size=job.size,
+                    short_side=job.short_side,
+                    interpolation=job.interpolation,
+                    mean=job.mean,
+                    std=job.std,
+                )
                 x = x.numpy().astype(np.float16)  # halves the bytes crossing the process boundary
-                send(("frames", number, p.view, row0, x, np.asarray(times, np.float64), idx,
-                      np.asarray(p.padded[row0: row0 + job.chunk]), time.perf_counter() - t0))
+                send(
+                    (
+                        "frames",
+                        number,
+                        p.view,
+                        row0,
+                        x,
+                        np.asarray(times, np.float64),
+                        idx,
+                        np.asarray(p.padded[row0 : row0 + job.chunk]),
+                        time.perf_counter() - t0,
+                    )
+                )
     send(("done", number))
 
 
@@ -131,8 +195,15 @@ def _get(tasks: Any, parent: int) -> Any:
                 raise ParentGone from None
 
 
-def worker_main(job: DecodeJob, items: list[sources.VideoItem], tasks: Any, results: Any, slot: Any,
-                started: Any, parent: int) -> None:
+def worker_main(
+    job: DecodeJob,
+    items: list[sources.VideoItem],
+    tasks: Any,
+    results: Any,
+    slot: Any,
+    started: Any,
+    parent: int,
+) -> None:
     """Process entry point: decode tasks until the ``None`` sentinel, or until ``parent`` dies (a killed
     run must not leave decoders blocked on its queues); never raises per video."""
     import torch
@@ -153,7 +224,7 @@ def worker_main(job: DecodeJob, items: list[sources.VideoItem], tasks: Any, resu
         except ParentGone:
             return
         except Exception as e:  # noqa: BLE001 - one bad video never stops the run
-            stage = "open" if isinstance(e, (decode.DecodeError, FileNotFoundError)) else "decode"
+            stage = getattr(e, "stage", "decode")
             message = f"{type(e).__name__}: {e}"
             if not isinstance(e, decode.DecodeError):
                 message += "\n" + traceback.format_exc(limit=3)

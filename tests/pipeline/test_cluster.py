@@ -43,7 +43,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_config(folder: Path, videos: Path, store: Path) -> Path:
     text = f"""
-source: {videos / 'labels.csv'}
+source: {videos / "labels.csv"}
 store: {{path: {store}, commit_interval_s: 0}}
 backbone: {{name: test_openclip_vit, batch_frames: 16}}
 tensors: [b0.tokens, b-1.cls, final.cls]
@@ -69,8 +69,10 @@ def reference(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 def features(path: Path) -> dict[str, dict[str, np.ndarray]]:
     fs = FeatureStore(path)
-    return {v.id: {f"{view}/{name}": x for view in sorted(v.views) for name, x in fs.read(v.id, view).items()}
-            for v in fs.videos}
+    return {
+        v.id: {f"{view}/{name}": x for view in sorted(v.views) for name, x in fs.read(v.id, view).items()}
+        for v in fs.videos
+    }
 
 
 def assert_same_features(path: Path, reference: dict[str, dict[str, np.ndarray]]) -> None:
@@ -111,12 +113,15 @@ def assert_complete_once(path: Path) -> None:
 
 
 # -- pure helpers -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("given, expected", [
-    (["cluster=local", "workers=2"], ["cluster.kind=local", "cluster.workers=2"]),
-    (["cluster.kind=slurm", "store.path=x"], ["cluster.kind=slurm", "store.path=x"]),
-    (["workers = 3", "run.limit=2"], ["cluster.workers= 3", "run.limit=2"]),
-    (["cluster"], ["cluster"]),  # not an override: left for the config loader to report
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (["cluster=local", "workers=2"], ["cluster.kind=local", "cluster.workers=2"]),
+        (["cluster.kind=slurm", "store.path=x"], ["cluster.kind=slurm", "store.path=x"]),
+        (["workers = 3", "run.limit=2"], ["cluster.workers= 3", "run.limit=2"]),
+        (["cluster"], ["cluster"]),  # not an override: left for the config loader to report
+    ],
+)
 def test_expand_shorthand(given: list[str], expected: list[str]) -> None:
     assert cluster.expand_shorthand(given) == expected
 
@@ -134,12 +139,15 @@ def test_default_workers(gpus: int, cores: int, expected: int) -> None:
     assert cluster.default_workers(gpus, cores) == expected
 
 
-@pytest.mark.parametrize("workers, parts, videos, expected", [
-    (2, None, 100_000, 8),  # 4 per worker
-    (2, None, 8, 2),  # tiny lists: one part per worker, not parts of one video
-    (4, None, 100, 6),  # at least 16 videos per part
-    (2, 5, 8, 5),  # cluster.parts wins
-])
+@pytest.mark.parametrize(
+    "workers, parts, videos, expected",
+    [
+        (2, None, 100_000, 8),  # 4 per worker
+        (2, None, 8, 2),  # tiny lists: one part per worker, not parts of one video
+        (4, None, 100, 6),  # at least 16 videos per part
+        (2, 5, 8, 5),  # cluster.parts wins
+    ],
+)
 def test_default_parts(workers: int, parts: int | None, videos: int, expected: int) -> None:
     assert cluster.default_parts(workers, parts, videos) == expected
 
@@ -158,14 +166,23 @@ def test_plan_parts_is_the_part_split_and_skips_committed(videos: Path) -> None:
     assert [i for i, _ in cluster.plan_parts(items, committed, 3)] == [1, 2]
 
 
-@pytest.mark.parametrize("parts, locks, problem", [
-    (["p0000-of-0002"], {}, r"1 of 2 parts are missing: .*--part I/2.* 1/2"),
-    ([], {}, "no '-of-NNNN' parts"),
-    (["p0000-of-0002", "p0001-of-0002"], {"p0001-of-0002": {"host": "elsewhere", "pid": 7}},
-     "part p0001-of-0002 has a writer's LOCK .*another host"),
-    (["p0000-of-0001"], {"p0000-of-0001": {"host": socket.gethostname(), "pid": os.getpid()}},
-     "still running"),
-])
+@pytest.mark.parametrize(
+    "parts, locks, problem",
+    [
+        (["p0000-of-0002"], {}, r"1 of 2 parts are missing: .*--part I/2.* 1/2"),
+        ([], {}, "no '-of-NNNN' parts"),
+        (
+            ["p0000-of-0002", "p0001-of-0002"],
+            {"p0001-of-0002": {"host": "elsewhere", "pid": 7}},
+            "part p0001-of-0002 has a writer's LOCK .*another host",
+        ),
+        (
+            ["p0000-of-0001"],
+            {"p0000-of-0001": {"host": socket.gethostname(), "pid": os.getpid()}},
+            "still running",
+        ),
+    ],
+)
 def test_commit_refuses(parts: list[str], locks: dict, problem: str) -> None:
     problems = commit.check_parts(parts, locks)
     assert any(re.search(problem, p) for p in problems), problems
@@ -223,7 +240,7 @@ class KillOnFirstCommit(WorkerPlugin):
 
     def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
         if finish == "executing" and str(key).startswith(cluster.TASK_PREFIX):
-            part = str(key)[len(cluster.TASK_PREFIX):].rsplit("-", 1)[0]
+            part = str(key)[len(cluster.TASK_PREFIX) :].rsplit("-", 1)[0]
             threading.Thread(target=self._kill_after_commit, args=(part,), daemon=True).start()
 
     def _kill_after_commit(self, part: str) -> None:
@@ -251,8 +268,12 @@ async def dask_setup(worker: object) -> None:
 
 
 def test_local_cluster_with_a_killed_worker_equals_single_process(
-        videos: Path, tmp_path: Path, reference: dict, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    videos: Path,
+    tmp_path: Path,
+    reference: dict,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """`twostage extract CONFIG cluster=local workers=2`, one worker killed after its part's first commit:
     every video committed exactly once, the same features per id as one process, parts disjoint."""
     import dask
@@ -264,8 +285,17 @@ def test_local_cluster_with_a_killed_worker_equals_single_process(
     monkeypatch.setenv(KILL_MARKER, str(marker))
     try:
         with dask.config.set({"distributed.worker.preload": [__name__]}):
-            assert main([str(write_config(tmp_path, videos, store)), "cluster=local", "workers=2",
-                         "cluster.parts=2"]) == 0
+            assert (
+                main(
+                    [
+                        str(write_config(tmp_path, videos, store)),
+                        "cluster=local",
+                        "workers=2",
+                        "cluster.parts=2",
+                    ]
+                )
+                == 0
+            )
     finally:
         for pid in json.loads(marker.read_text())["children"] if marker.exists() else []:
             with contextlib.suppress(ProcessLookupError):
@@ -281,16 +311,22 @@ def test_local_cluster_with_a_killed_worker_equals_single_process(
 
 
 @pytest.mark.slow
-def test_existing_cluster_by_address_equals_single_process(videos: Path, tmp_path: Path,
-                                                           reference: dict) -> None:
+def test_existing_cluster_by_address_equals_single_process(
+    videos: Path, tmp_path: Path, reference: dict
+) -> None:
     import dask
     from distributed import LocalCluster
 
     store = tmp_path / "address.zarr"
-    with dask.config.set(cluster.NO_DAEMON), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c:
-        cfg = load_config(ExtractConfig, write_config(tmp_path, videos, store),
-                          ["cluster.kind=address", f"cluster.address={c.scheduler_address}"])
+    with (
+        dask.config.set(cluster.NO_DAEMON),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c,
+    ):
+        cfg = load_config(
+            ExtractConfig,
+            write_config(tmp_path, videos, store),
+            ["cluster.kind=address", f"cluster.address={c.scheduler_address}"],
+        )
         assert cluster.run_cluster(cfg) == 0
     assert len(FeatureStore(store).parts()) == 2  # 8 videos: one part per worker
     assert_complete_once(store)
@@ -310,8 +346,11 @@ def test_killed_driver_resumes_with_the_same_command(videos: Path, tmp_path: Pat
 
     store = tmp_path / "driver.zarr"
     command = [str(write_config(tmp_path, videos, store)), "cluster=local", "workers=2", "cluster.parts=2"]
-    driver = subprocess.Popen([sys.executable, "-m", "stages.extract", *command], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "stages.extract", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     descendants: list[int] = []
     try:
         deadline = time.monotonic() + 180
@@ -332,8 +371,9 @@ def test_killed_driver_resumes_with_the_same_command(videos: Path, tmp_path: Pat
     assert_same_features(store, reference)
 
 
-def test_part_runs_then_commit_equal_one_run(videos: Path, tmp_path: Path, reference: dict,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_part_runs_then_commit_equal_one_run(
+    videos: Path, tmp_path: Path, reference: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     from stages.extract.stage import main
 
     store = tmp_path / "parts.zarr"

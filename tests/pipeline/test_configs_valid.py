@@ -48,8 +48,11 @@ def test_pipeline_plan_validates_every_stage(tmp_path: Path) -> None:
     assert [p.dataset.name for p in plans] == ["appearance", "direction"]
     assert all(len(p.trains) == 3 for p in plans)
     assert plans[1].trains[2][1].data.store == plans[1].extract.store.path
-    bad = load_config(PipelineConfig, ROOT / "quickstart.yaml",
-                      [f"out={tmp_path}", "train.optim.lrr=1", "extract.backbone.nme=x"])
+    bad = load_config(
+        PipelineConfig,
+        ROOT / "quickstart.yaml",
+        [f"out={tmp_path}", "train.optim.lrr=1", "extract.backbone.nme=x"],
+    )
     with pytest.raises(ConfigError) as e:
         plan(bad)
     text = str(e.value)

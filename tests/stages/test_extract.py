@@ -27,10 +27,21 @@ from store import FeatureStore, verify
 TENSORS = ["b-1.tokens", "b0.tokens", "b-1.q", "b-1.pooled", "final.cls"]
 
 
-def config(source: Path | str, store: Path, *overrides: str, backbone: str = "test_openclip_vit") -> ExtractConfig:
-    base = [f"source={source}", f"store.path={store}", f"backbone.name={backbone}", "backbone.batch_frames=24",
-            "pool=2", "run.progress=false", "run.decode_workers=2", "sampling.frames=4", "sampling.stride=2",
-            "sampling.temporal_views=2"]
+def config(
+    source: Path | str, store: Path, *overrides: str, backbone: str = "test_openclip_vit"
+) -> ExtractConfig:
+    base = [
+        f"source={source}",
+        f"store.path={store}",
+        f"backbone.name={backbone}",
+        "backbone.batch_frames=24",
+        "pool=2",
+        "run.progress=false",
+        "run.decode_workers=2",
+        "sampling.frames=4",
+        "sampling.stride=2",
+        "sampling.temporal_views=2",
+    ]
     return load_config(ExtractConfig, None, [*base, f"tensors={TENSORS}".replace("'", ""), *overrides])
 
 
@@ -41,14 +52,31 @@ def direct_features(cfg: ExtractConfig, path: str, view: int, weights_file: str 
     s, spec = cfg.sampling, bb.spec
     with decode.open_video(path) as reader:
         info = reader.info
-        plans = sampling.plan_clips(info.num_frames, info.fps, frames=s.frames, stride=s.stride,
-                                    temporal_views=s.temporal_views, spatial_views=s.spatial_views, mode=s.split,
-                                    size=spec["input_size"], short_side=spec["input_size"],
-                                    frame_hw=(info.height, info.width), seed=cfg.run.seed, video_key="")
+        plans = sampling.plan_clips(
+            info.num_frames,
+            info.fps,
+            frames=s.frames,
+            stride=s.stride,
+            temporal_views=s.temporal_views,
+            spatial_views=s.spatial_views,
+            mode=s.split,
+            size=spec["input_size"],
+            short_side=spec["input_size"],
+            frame_hw=(info.height, info.width),
+            seed=cfg.run.seed,
+            video_key="",
+        )
         plan = plans[view]
         frames = reader.get_frames(plan.frame_indices.tolist())
-    x = sampling.preprocess(frames, plan, size=spec["input_size"], short_side=spec["input_size"],
-                            interpolation=spec["interpolation"], mean=spec["mean"], std=spec["std"])
+    x = sampling.preprocess(
+        frames,
+        plan,
+        size=spec["input_size"],
+        short_side=spec["input_size"],
+        interpolation=spec["interpolation"],
+        mean=spec["mean"],
+        std=spec["std"],
+    )
     x = x.to(torch.float16).float()  # stage one ships frames as float16 between processes
     return {k: v.float().numpy() for k, v in bb.forward_tensors(x, requests).items()}
 
@@ -73,14 +101,24 @@ def test_store_equals_backbone_on_same_frames(direction_videos: Path, tmp_path: 
 def test_weights_file_through_config(direction_videos: Path, tmp_path: Path) -> None:
     bb = build_backbone("test_openclip_vit")
     torch.manual_seed(123)
-    state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
-             for k, v in bb.taps.model.state_dict().items()} if hasattr(bb, "taps") else None
+    state = (
+        {
+            k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+            for k, v in bb.taps.model.state_dict().items()
+        }
+        if hasattr(bb, "taps")
+        else None
+    )
     if state is None:
         pytest.skip("backbone exposes no model state")
     weights = tmp_path / "weights.pt"
     torch.save(state, weights)
-    cfg = config(direction_videos / "labels.csv", tmp_path / "w.zarr", f"backbone.weights_file={weights}",
-                 "run.limit=2")
+    cfg = config(
+        direction_videos / "labels.csv",
+        tmp_path / "w.zarr",
+        f"backbone.weights_file={weights}",
+        "run.limit=2",
+    )
     run_extract(cfg)
     fs = FeatureStore(tmp_path / "w.zarr")
     assert fs.backbone["sha256"] and fs.backbone["weights_file"] == str(weights)
@@ -119,7 +157,7 @@ def test_bad_inputs_never_stop_the_run(direction_videos: Path, tmp_path: Path) -
     with listing.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "path", "label"])
-        for i, (name, (path, _)) in enumerate(sorted(corpus.items())):
+        for i, (_name, (path, _)) in enumerate(sorted(corpus.items())):
             w.writerow([f"bad{i:02d}", str(path), "x"])
         w.writerow(["good", str(direction_videos / "videos" / "000000.mp4"), "x"])
         w.writerow(["missing", str(tmp_path / "does_not_exist.mp4"), "x"])
@@ -153,21 +191,33 @@ def test_fail_fast_and_failure_budget(tmp_path: Path, direction_videos: Path) ->
 
 def _write_cfg(tmp_path: Path, listing: Path) -> Path:
     path = tmp_path / "cfg.yaml"
-    path.write_text(f"source: {listing}\nstore: {{path: {tmp_path / 's1.zarr'}}}\n"
-                    "backbone: {name: test_openclip_vit}\ntensors: [final.cls]\nsampling: {frames: 4}\n"
-                    "run: {decode_workers: 1}\n")
+    path.write_text(
+        f"source: {listing}\nstore: {{path: {tmp_path / 's1.zarr'}}}\n"
+        "backbone: {name: test_openclip_vit}\ntensors: [final.cls]\nsampling: {frames: 4}\n"
+        "run: {decode_workers: 1}\n"
+    )
     return path
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(direction_videos: Path, tmp_path: Path) -> None:
-    cfg_args = [f"source={direction_videos / 'labels.csv'}", "tensors=[b-1.tokens,final.cls]",
-                "backbone.name=test_openclip_vit", "backbone.batch_frames=4", "sampling.frames=4",
-                "run.progress=false", "run.decode_workers=1", "store.commit_interval_s=0", "store.shard_mb=0.01"]
+    cfg_args = [
+        f"source={direction_videos / 'labels.csv'}",
+        "tensors=[b-1.tokens,final.cls]",
+        "backbone.name=test_openclip_vit",
+        "backbone.batch_frames=4",
+        "sampling.frames=4",
+        "run.progress=false",
+        "run.decode_workers=1",
+        "store.commit_interval_s=0",
+        "store.shard_mb=0.01",
+    ]
     cfg_file = tmp_path / "k.yaml"
     cfg_file.write_text("source: x\n")
     killed = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.extract", str(cfg_file), *cfg_args,
-                             f"store.path={killed}"], cwd=Path(__file__).parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.extract", str(cfg_file), *cfg_args, f"store.path={killed}"],
+        cwd=Path(__file__).parents[2],
+    )
     log = killed / "parts" / "p0000" / "commits.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
@@ -182,10 +232,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(direction_videos: Path, 
     assert main([str(cfg_file), *cfg_args, f"store.path={whole}"]) == 0
     a, b = FeatureStore(killed), FeatureStore(whole)
     assert a.complete and [v.id for v in a.videos] == [v.id for v in b.videos]
-    for va, vb in zip(a.videos, b.videos):  # equal up to fp16 rounding: batches were packed differently
+    # equal up to fp16 rounding: the two runs packed their device batches differently
+    for va, vb in zip(a.videos, b.videos, strict=True):
         assert (va.label, va.views) == (vb.label, vb.views), va.id
         for name, x in a.read(va.id).items():
-            np.testing.assert_allclose(x, b.read(vb.id)[name], atol=1e-2, rtol=1e-2, err_msg=f"{va.id} {name}")
+            np.testing.assert_allclose(
+                x, b.read(vb.id)[name], atol=1e-2, rtol=1e-2, err_msg=f"{va.id} {name}"
+            )
         np.testing.assert_array_equal(a.row_meta(va.id)["frame_index"], b.row_meta(vb.id)["frame_index"])
 
 
@@ -195,21 +248,29 @@ def test_webdataset_input_equals_folder_input(direction_videos: Path, tmp_path: 
     with tarfile.open(shard, "w") as tar:
         for row in rows:
             key = row["path"].rsplit(".", 1)[0]  # videos/000003 -> id videos__000003, as the csv gives
-            for suffix, data in ((".mp4", (direction_videos / row["path"]).read_bytes()),
-                                 (".cls", row["label"].encode())):
+            for suffix, data in (
+                (".mp4", (direction_videos / row["path"]).read_bytes()),
+                (".cls", row["label"].encode()),
+            ):
                 info = tarfile.TarInfo(key + suffix)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     classes = (direction_videos / "classes.txt").read_text().split()
-    a = config(direction_videos / "labels.csv", tmp_path / "csv.zarr", "tensors=[final.cls]",
-               f"classes={classes}".replace("'", ""))
+    a = config(
+        direction_videos / "labels.csv",
+        tmp_path / "csv.zarr",
+        "tensors=[final.cls]",
+        f"classes={classes}".replace("'", ""),
+    )
     b = config(shard, tmp_path / "wds.zarr", "tensors=[final.cls]", f"classes={classes}".replace("'", ""))
     run_extract(a)
     run_extract(b)
     fa, fb = FeatureStore(tmp_path / "csv.zarr"), FeatureStore(tmp_path / "wds.zarr")
     assert [(v.id, v.label) for v in fa.videos] == [(v.id, v.label) for v in fb.videos]
-    for va, vb in zip(fa.videos, fb.videos):
-        np.testing.assert_allclose(fa.read(va.id)["final.cls"], fb.read(vb.id)["final.cls"], atol=1e-2, rtol=1e-2)
+    for va, vb in zip(fa.videos, fb.videos, strict=True):
+        np.testing.assert_allclose(
+            fa.read(va.id)["final.cls"], fb.read(vb.id)["final.cls"], atol=1e-2, rtol=1e-2
+        )
         assert va.num_frames == vb.num_frames
     assert not any(p.suffix == ".mp4" for p in tmp_path.rglob("*") if "wds" in str(p))  # nothing unpacked
 
@@ -228,8 +289,11 @@ def test_decode_worker_exits_when_its_parent_is_gone() -> None:
     tasks, results = ctx.Queue(), ctx.Queue(maxsize=1)
     cfg = config("unused.csv", Path("unused.zarr"))
     job = decode_job(cfg, build_backbone("test_timm_vit"))
-    worker = threading.Thread(target=worker_main, daemon=True,
-                              args=(job, [], tasks, results, ctx.Value("l", -1), ctx.Value("d", 0.0), dead.pid))
+    worker = threading.Thread(
+        target=worker_main,
+        daemon=True,
+        args=(job, [], tasks, results, ctx.Value("l", -1), ctx.Value("d", 0.0), dead.pid),
+    )
     worker.start()
     worker.join(timeout=10)
     assert not worker.is_alive()  # returned: the empty task queue did not block it forever

@@ -190,6 +190,7 @@ class FeatureNorm(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1]).float()  # [N, d]
         if self.training and flat.shape[0] < 2:  # a last batch of one: no batch statistics to take
-            return F.batch_norm(flat, self.bn.running_mean, self.bn.running_var, training=False,
-                                eps=self.bn.eps).reshape(shape)
+            return F.batch_norm(
+                flat, self.bn.running_mean, self.bn.running_var, training=False, eps=self.bn.eps
+            ).reshape(shape)
         return self.bn(flat).reshape(shape)  # [..., d]

@@ -20,7 +20,9 @@ from stages.train.heads.blocks import FeatureNorm, Head, resolve_cls_feature, ta
 class LinearHead(Head):
     """Mean over frames of one CLS vector, then a linear classifier."""
 
-    def __init__(self, feature: str, dim: int, num_classes: int, dropout: float, input_norm: bool = False) -> None:
+    def __init__(
+        self, feature: str, dim: int, num_classes: int, dropout: float, input_norm: bool = False
+    ) -> None:
         super().__init__()
         self.feature = feature
         self.norm = FeatureNorm(dim) if input_norm else nn.Identity()

@@ -396,6 +396,7 @@ def test_input_norm_standardises_and_survives_a_batch_of_one() -> None:
     torch.testing.assert_close(y.reshape(-1, 8).mean(0), torch.zeros(8), atol=1e-2, rtol=0)
     torch.testing.assert_close(y.reshape(-1, 8).std(0), torch.ones(8), atol=1e-2, rtol=0)
     assert torch.isfinite(norm(x[:1, :1])).all()  # one row in training mode: running statistics
-    head = HEADS.get("linear")(tensors={"final.cls": (8,)}, backbone={}, num_classes=3, num_frames=3,
-                               input_norm=True)
+    head = HEADS.get("linear")(
+        tensors={"final.cls": (8,)}, backbone={}, num_classes=3, num_frames=3, input_norm=True
+    )
     assert head({"final.cls": x[:1]}).shape == (1, 3)
