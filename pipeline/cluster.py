@@ -439,12 +439,6 @@ def finish(
         cfg.store.path,
         {"frames_per_s": s["frames_per_s"], "parts": len(results), "cluster": cfg.cluster.kind},
     )
-    bad = stats.failed / max(1, stats.scheduled)
-    if bad > cfg.run.max_failure_fraction:
-        print(
-            f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
-            f"{cfg.run.max_failure_fraction}); see the list above and {metrics}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    from stages.extract.stage import failure_exit
+
+    return failure_exit(stats, cfg, metrics)

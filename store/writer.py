@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import InvalidIdError, NotAStoreError, StoreError, StoreMismatchError
+from pipeline.process import pid_alive
 from store import codecs, layout
 from store.index import read_log, write_log_line
 from store.rows import RowArray
@@ -360,7 +361,7 @@ def _acquire_lock(lock: Path, steal: bool) -> Path:
             owner = json.loads(lock.read_text())
         except (OSError, ValueError):
             owner = {}
-        alive = owner.get("host") != me["host"] or _pid_alive(int(owner.get("pid", -1)))
+        alive = owner.get("host") != me["host"] or pid_alive(int(owner.get("pid", -1)))
         if alive and owner.get("pid") != me["pid"]:
             tmp.unlink(missing_ok=True)
             raise StoreError(
@@ -370,15 +371,3 @@ def _acquire_lock(lock: Path, steal: bool) -> Path:
             )
     os.replace(tmp, lock)
     return lock
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

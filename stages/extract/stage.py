@@ -259,6 +259,19 @@ def print_summary(s: dict[str, Any], store: str) -> None:
             print(f"    {f['id']}  {f['path']}  [{f['stage']}] {f['error'].splitlines()[0][:160]}")
 
 
+def failure_exit(stats: Stats, cfg: ExtractConfig, metrics: Path) -> int:
+    """Exit status of a run: 1 when more than ``run.max_failure_fraction`` of its videos failed."""
+    bad = stats.failed / max(1, stats.scheduled)
+    if bad > cfg.run.max_failure_fraction:
+        print(
+            f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
+            f"{cfg.run.max_failure_fraction}); see the list above and {metrics}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stages.extract",
@@ -288,12 +301,4 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "-" + cfg.run.part.replace("/", "of") if cfg.run.part else ""
     metrics = Path(f"{cfg.store.path.rstrip('/')}.extract{suffix}.json")
     metrics.write_text(json.dumps(s | {"config": to_dict(cfg)}, indent=2, default=str))
-    bad = stats.failed / max(1, stats.scheduled)
-    if bad > cfg.run.max_failure_fraction:
-        print(
-            f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
-            f"{cfg.run.max_failure_fraction}); see the list above and {metrics}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return failure_exit(stats, cfg, metrics)

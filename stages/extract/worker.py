@@ -14,7 +14,6 @@ decoder crashes the whole process (a segfault cannot be caught in-process).
 
 from __future__ import annotations
 
-import os
 import queue
 import time
 import traceback
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.process import pid_alive
 from stages.extract import decode, sampling, sources
 
 
@@ -164,23 +164,13 @@ class ParentGone(Exception):
     """The extraction process that started this worker is dead: stop instead of blocking forever."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _put(results: Any, parent: int) -> Any:
     def put(msg: tuple[Any, ...]) -> None:
         while True:
             try:
                 return results.put(msg, timeout=2.0)
             except queue.Full:
-                if not _alive(parent):
+                if not pid_alive(parent):
                     raise ParentGone from None
 
     return put
@@ -191,7 +181,7 @@ def _get(tasks: Any, parent: int) -> Any:
         try:
             return tasks.get(timeout=2.0)
         except queue.Empty:
-            if not _alive(parent):
+            if not pid_alive(parent):
                 raise ParentGone from None
 
 
