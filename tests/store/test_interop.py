@@ -127,3 +127,16 @@ def test_finalize_an_empty_store(new_store):
     assert finalize(path)["videos"] == 0
     group = zarr.open_group(str(path), mode="r")
     assert len(group["index/row_start"][:]) == 0 and inspect(path)["videos"] == 0
+
+
+def test_reader_opens_an_fsspec_url(finalized):
+    """The store reads through fsspec (here file://) exactly as from a local path."""
+    path = finalized[0] if isinstance(finalized, tuple) else finalized
+    local, remote = FeatureStore(path), FeatureStore(f"file://{Path(path).resolve()}")
+    assert [v.id for v in remote.videos] == [v.id for v in local.videos] and remote.complete
+    for v in local.videos[:3]:
+        for view in v.views:
+            a, b = local.read(v.id, view), remote.read(v.id, view)
+            assert a.keys() == b.keys()
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name])
