@@ -99,8 +99,8 @@ class _ReaderBase:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def close(self) -> None:
+        """Release the decoder's resources; readers that hold any override this."""
 
 
 # ----------------------------------------------------------------------------------------------- decord

@@ -8,6 +8,7 @@ pick what they read with the helpers below, so every head resolves names the sam
 
 from __future__ import annotations
 
+import abc
 import re
 
 import torch
@@ -19,13 +20,14 @@ from pipeline.errors import ConfigError, StoreMismatchError
 _BLOCK = re.compile(r"^b(\d+)$")
 
 
-class Head(nn.Module):
+class Head(nn.Module, abc.ABC):
     """A stage-two head: reads ``inputs`` from a feature dict, returns logits ``[B, num_classes]``."""
 
     inputs: list[str]
 
-    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` from ``feats`` (store tensor name -> ``[B, T, *shape]``)."""
 
 
 # ----------------------------------------------------------------------------------------- store names
