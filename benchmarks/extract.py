@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 from stages import synth
-from stages.extract import decode, runner, sampling, sources
+from stages.extract import decode, runner, sources
 from stages.extract.backbones import FrozenBackbone, build_backbone
 from stages.extract.config import BackboneConfig, ExtractConfig, RunConfig, SamplingConfig, StoreConfig
 from stages.extract.stage import decode_job, parse_requests, run_extract, summary
-from stages.extract.worker import plan_views
+from stages.extract.worker import plan_views, prepare_frames
 from store import FeatureStore, PartWriter, VideoEntry, ViewRows, codecs, create_store, layout
 from store.schema import StoreSpec
 
@@ -282,15 +282,7 @@ def naive(cfg: ExtractConfig, bb: FrozenBackbone, requests: list, out: Path) -> 
             plans, first = plan_views(job, reader, item)
             for p in plans:
                 raw = reader.get_frames((p.frame_indices + first).tolist())  # [n, H, W, 3] uint8
-                x = sampling.preprocess(
-                    raw,
-                    p,
-                    size=job.size,
-                    short_side=job.short_side,
-                    mean=job.mean,
-                    std=job.std,
-                    interpolation=job.interpolation,
-                )  # [n, 3, S, S] float32
+                x = prepare_frames(job, raw, p)  # [n, 3, S, S] float32
                 for name, y in bb.forward_tensors(x.to(bb.device), requests).items():
                     host = to_host(y, quantise)
                     arrays |= (

@@ -18,6 +18,7 @@ import platform
 import resource
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import load_config
-from stages.extract import decode, sampling
+from stages.extract import decode
 from stages.extract.backbones import build_backbone
 from stages.extract.config import ExtractConfig
-from stages.extract.stage import parse_requests, run_extract
+from stages.extract.sources import VideoItem
+from stages.extract.stage import decode_job, parse_requests, run_extract
+from stages.extract.worker import DecodeJob, plan_views, prepare_frames
 from stages.synth import generate
 from stages.train.config import TrainConfig
 from stages.train.data import split_ids
@@ -43,42 +46,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def clip_frames(
-    path: str, backbone: Any, frames: int, stride: int, split: str, seed: int, key: str
-) -> torch.Tensor:
-    """Decode and preprocess one clip exactly as stage one would: [T, 3, S, S]."""
-    spec = backbone.spec
+def clip_frames(job: DecodeJob, path: str, key: str) -> torch.Tensor:
+    """Decode and preprocess one clip with stage one's own sampling and preprocessing: [T, 3, S, S]."""
+    item = VideoItem(id=key, path=path, label=None)
     with decode.open_video(path) as reader:
-        info = reader.info
-        plan = sampling.plan_clips(
-            info.num_frames,
-            info.fps,
-            frames=frames,
-            stride=stride,
-            temporal_views=1,
-            spatial_views=1,
-            mode=split,
-            size=spec["input_size"],
-            short_side=spec["input_size"],
-            frame_hw=(info.height, info.width),
-            seed=seed,
-            video_key=key,
-        )[0]
-        x = reader.get_frames(plan.frame_indices.tolist())
-    return sampling.preprocess(
-        x,
-        plan,
-        size=spec["input_size"],
-        short_side=spec["input_size"],
-        interpolation=spec["interpolation"],
-        mean=spec["mean"],
-        std=spec["std"],
-    )
+        plan = plan_views(job, reader, item)[0][0]
+        return prepare_frames(job, reader.get_frames(plan.frame_indices.tolist()), plan)
 
 
-def on_the_fly(store: FeatureStore, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def on_the_fly(
+    store: FeatureStore, extract: ExtractConfig, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     """Train and evaluate the same head, computing features from video at every step."""
     backbone = build_backbone(args.backbone, device=str(device))
+    job = decode_job(extract, backbone)  # stage one's own sampling and preprocessing
     requests = backbone.resolve(parse_requests(args.tensors, 2))
     train_ids, val_ids = split_ids(store, 0.25)
     torch.manual_seed(0)
@@ -97,7 +78,7 @@ def on_the_fly(store: FeatureStore, args: argparse.Namespace, device: torch.devi
 
     def features(ids: list[str], split: str, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         clips = [
-            clip_frames(store.video(i).source, backbone, args.frames, args.stride, split, epoch, i)
+            clip_frames(replace(job, split=split, seed=epoch, temporal_views=1), store.video(i).source, i)
             for i in ids
         ]
         x = torch.stack(clips).to(device)  # [B, T, 3, S, S]
@@ -136,9 +117,9 @@ def on_the_fly(store: FeatureStore, args: argparse.Namespace, device: torch.devi
     }
 
 
-def _on_the_fly_child(store_path: str, args: argparse.Namespace) -> dict[str, Any]:
+def _on_the_fly_child(store_path: str, extract: ExtractConfig, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
-    return on_the_fly(FeatureStore(store_path), args, torch.device(args.device))
+    return on_the_fly(FeatureStore(store_path), extract, args, torch.device(args.device))
 
 
 def from_store(store_path: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -223,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     with ctx.Pool(1) as pool:
         a = pool.apply(from_store, (work / "f.zarr", work / "head", args))
     with ctx.Pool(1) as pool:
-        b = pool.apply(_on_the_fly_child, (str(work / "f.zarr"), args))
+        b = pool.apply(_on_the_fly_child, (str(work / "f.zarr"), ex, args))
     result = {
         "machine": {
             "platform": platform.platform(),

@@ -296,7 +296,7 @@ def extract_part(cfg: ExtractConfig, index: int, count: int, gpu: bool) -> dict[
     )
     _wait_for_local_writer(cfg.store.path, part)
     stats = run_extract(task_cfg, part=part, steal_lock=_lock_orphaned(cfg.store.path, part))
-    return dataclasses.asdict(stats) | {"part": part, "skipped": getattr(stats, "skipped", 0)}
+    return dataclasses.asdict(stats) | {"part": part}
 
 
 def _task_device(device: str, gpu: bool) -> str:
@@ -412,13 +412,14 @@ def finish(
     stats = Stats(
         scheduled=scheduled,
         committed=committed,
+        skipped=skipped,
         wall_s=wall_s,
         failures=[f for r in results for f in r["failures"]],
     )
     for r in results:
         for name in ("failed", "frames", "decode_s", "model_s", "write_s"):
             setattr(stats, name, getattr(stats, name) + r[name])
-    s = summary(stats, skipped) | {"parts": len(results), "failed_parts": [p for p, _ in errors]}
+    s = summary(stats) | {"parts": len(results), "failed_parts": [p for p, _ in errors]}
     print_summary(s, cfg.store.path)
     metrics = Path(f"{cfg.store.path.rstrip('/')}.extract.json")
     metrics.write_text(json.dumps(s | {"config": to_dict(cfg)}, indent=2, default=str))

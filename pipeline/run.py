@@ -166,7 +166,7 @@ def run_dataset(p: Plan) -> list[dict[str, Any]]:
         print(f"[{p.dataset.name}] stage one: {p.extract.store.path} already holds these features; skipped")
     else:
         stats = run_extract(p.extract)
-        print_summary(summary(stats, getattr(stats, "skipped", 0)), p.extract.store.path)
+        print_summary(summary(stats), p.extract.store.path)
     bytes_per_frame = FeatureStore(p.extract.store.path).spec.bytes_per_frame
     rows = []
     for label, train in p.trains:

@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,8 @@ class PartWriter:
             bool(storage.get("chunk_crc", False)),
         )
         self._committed, self._next_row = self._resume()
-        self._pending: list[tuple[int, dict[str, Any]]] = []  # (end row, commit record)
+        self._seen = set(self._committed)  # committed or buffered: an id may be added once
+        self._pending: deque[tuple[int, dict[str, Any]]] = deque()  # (end row, commit record), row order
         self._last_commit = time.monotonic()
 
     # -- public API -------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ class PartWriter:
     def add(self, video: VideoEntry, views: list[ViewRows]) -> None:
         """Buffer all views of a video; it is committed (visible) once every row is on disk."""
         validate_id(video.id)
-        if video.id in self._committed or any(p[1]["id"] == video.id for p in self._pending):
+        if video.id in self._seen:
             raise StoreError(f"video {video.id!r} is already in part {self.part}; ids must be unique")
         if not views:
             raise StoreError(f"video {video.id!r} has no views to store")
@@ -235,6 +237,7 @@ class PartWriter:
             "checksum": {"algo": codecs.Checksum.algo, "value": checksum.hexdigest()},
         }
         self._pending.append((self._next_row, record))
+        self._seen.add(video.id)
         if time.monotonic() - self._last_commit > self.commit_interval_s:
             self.flush()
         else:
@@ -290,7 +293,7 @@ class PartWriter:
     def _commit_durable(self) -> None:
         durable = min(a.written for a in self._arrays.values())
         while self._pending and self._pending[0][0] <= durable:
-            _, record = self._pending.pop(0)
+            _, record = self._pending.popleft()
             write_log_line(self.dir / layout.COMMITS_FILE, record)
             self._committed.add(record["id"])
 

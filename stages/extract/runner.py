@@ -47,6 +47,7 @@ class Stats:
     """Counters and busy times of each component, for the progress bar and the final summary."""
 
     scheduled: int = 0
+    skipped: int = 0  # videos of this run's list already committed before it started
     committed: int = 0
     failed: int = 0
     frames: int = 0

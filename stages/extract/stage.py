@@ -201,7 +201,7 @@ def run_extract(
         progress.close()
     if coordinator and cfg.run.limit is None:
         finalize(cfg.store.path, {"frames_per_s": stats.frames / max(stats.wall_s, 1e-9)})
-    stats.skipped = len(numbers) - len(todo)  # type: ignore[attr-defined]
+    stats.skipped = len(numbers) - len(todo)
     return stats
 
 
@@ -221,7 +221,7 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr)
 
 
-def summary(stats: Stats, skipped: int = 0) -> dict[str, Any]:
+def summary(stats: Stats) -> dict[str, Any]:
     """The end-of-run figures: counts, and each component's throughput (frames per busy second)."""
 
     def rate(seconds: float) -> float | None:
@@ -231,7 +231,7 @@ def summary(stats: Stats, skipped: int = 0) -> dict[str, Any]:
         "videos": stats.scheduled,
         "committed": stats.committed,
         "failed": stats.failed,
-        "skipped": skipped,
+        "skipped": stats.skipped,
         "frames": stats.frames,
         "wall_s": round(stats.wall_s, 3),
         "frames_per_s": rate(stats.wall_s),
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_cluster(cfg)
     stats = run_extract(cfg)
-    s = summary(stats, getattr(stats, "skipped", 0))
+    s = summary(stats)
     print_summary(s, cfg.store.path)
     suffix = "-" + cfg.run.part.replace("/", "of") if cfg.run.part else ""
     metrics = Path(f"{cfg.store.path.rstrip('/')}.extract{suffix}.json")

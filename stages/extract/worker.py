@@ -85,6 +85,19 @@ def plan_views(job: DecodeJob, reader: Any, item: sources.VideoItem) -> tuple[li
     return plans, first
 
 
+def prepare_frames(job: DecodeJob, frames: np.ndarray, plan: sampling.ViewPlan) -> Any:
+    """Decoded uint8 frames [n, H, W, 3] -> backbone input [n, 3, S, S] float32 (resize, crop, normalise)."""
+    return sampling.preprocess(
+        frames,
+        plan,
+        size=job.size,
+        short_side=job.short_side,
+        interpolation=job.interpolation,
+        mean=job.mean,
+        std=job.std,
+    )
+
+
 def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any) -> None:
     """Decode one video and stream its views; a failure is raised with ``.stage`` naming where it failed."""
     progress = {"stage": "open"}
@@ -134,15 +147,7 @@ def _decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: An
                 frames = reader.get_frames(idx.tolist())
                 times = reader.timestamps(idx.tolist())
                 progress["stage"] = "preprocess"
-                x = sampling.preprocess(
-                    frames,
-                    p,
-                    size=job.size,
-                    short_side=job.short_side,
-                    interpolation=job.interpolation,
-                    mean=job.mean,
-                    std=job.std,
-                )
+                x = prepare_frames(job, frames, p)
                 x = x.numpy().astype(np.float16)  # halves the bytes crossing the process boundary
                 send(
                     (
