@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import cluster  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from stages.core.config import load_config  # noqa: E402
 from stages.extract.config import ExtractConfig  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "cluster_scaling.json"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import load_config
+from stages.core.config import load_config
 from stages.extract import decode
 from stages.extract.backbones import build_backbone
 from stages.extract.config import ExtractConfig

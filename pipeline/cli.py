@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry: errors a user caused print as one clear message, not a traceback."""
-    from pipeline.errors import TwostageError
+    from stages.core.errors import TwostageError
 
     try:
         sys.exit(main())

@@ -18,7 +18,7 @@ with ``distributed.worker.daemon: False``; workers of an existing cluster must b
 ``DASK_DISTRIBUTED__WORKER__DAEMON=False`` (or ``--no-nanny``), else each task fails with that advice.
 
 Example:
-    >>> from pipeline.config import load_config                                        # doctest: +SKIP
+    >>> from stages.core.config import load_config                                        # doctest: +SKIP
     >>> cfg = load_config(ExtractConfig, "configs/cluster/local.yaml", ["cluster.workers=2"])
     >>> run_cluster(cfg)  # exit status: 0 when every part finished within the failure budget
 """
@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ConfigError, TwostageError
+from stages.core.errors import ConfigError, TwostageError
 from store import layout
 
 if TYPE_CHECKING:  # dask and stage one are imported only when a cluster run is asked for
@@ -312,7 +312,7 @@ def _task_device(device: str, gpu: bool) -> str:
 
 def _wait_for_local_writer(path: str, part: str) -> None:
     """A retried task may start before the killed attempt's process on this host is gone: wait for it."""
-    from pipeline.commit import local_writer_alive, read_lock
+    from store.locks import local_writer_alive, read_lock
 
     deadline = time.monotonic() + LOCK_WAIT_S
     while time.monotonic() < deadline:
@@ -328,7 +328,7 @@ def _lock_orphaned(path: str, part: str) -> bool:
     A local LOCK is never stolen: ``PartWriter`` takes over a dead local writer's LOCK by itself and
     refuses a live one.
     """
-    from pipeline.commit import read_lock
+    from store.locks import read_lock
 
     owner = read_lock(path, part)
     if not owner or owner.get("host") == socket.gethostname():
@@ -404,7 +404,7 @@ def finish(
     wall_s: float,
 ) -> int:
     """Finalize the store when every part finished, print the summary, write the metrics; exit status."""
-    from pipeline.config import to_dict
+    from stages.core.config import to_dict
     from stages.extract.runner import Stats
     from stages.extract.stage import print_summary, summary
     from store import finalize

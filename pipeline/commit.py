@@ -12,14 +12,11 @@ the store complete (``store.finalize``). It refuses, saying what is missing, oth
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import socket
-from pathlib import Path
 from typing import Any
 
-from store import FeatureStore, finalize, layout
+from store import FeatureStore, finalize
+from store.locks import local_writer_alive, read_lock
 
 SPLIT_PART = re.compile(r"^p(\d{4})-of-(\d{4})$")  # layout.part_name(index, count)
 
@@ -68,33 +65,6 @@ def missing_videos(fs: FeatureStore, source: str | None, classes: list[str] | No
         return None
     seen = {v.id for v in fs.videos} | {f["id"] for f in fs.failures}
     return sorted(item.id for item in items if item.id not in seen)
-
-
-def read_lock(store: str | os.PathLike[str], part: str) -> dict[str, Any] | None:
-    """A part's LOCK (the live or dead writer's host and pid), or None when the part has none."""
-    lock = Path(store) / layout.part_path(part) / layout.LOCK_FILE
-    try:
-        return json.loads(lock.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-
-
-def local_writer_alive(owner: dict[str, Any]) -> bool:
-    """Whether a LOCK's writer runs on this host and is alive (other hosts cannot be checked from here)."""
-    if owner.get("host") != socket.gethostname():
-        return False
-    try:
-        pid = int(owner.get("pid", -1))
-        if pid <= 0:
-            return False
-        os.kill(pid, 0)
-    except (ProcessLookupError, ValueError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import from_dict, load_config, to_dict
-from pipeline.errors import ConfigError, TwostageError
+from stages.core.config import from_dict, load_config, to_dict
+from stages.core.errors import ConfigError, TwostageError
 
 
 @dataclass

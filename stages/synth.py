@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from stages.core.errors import ConfigError
 
 TASKS = ("appearance", "direction", "longrange")
 DIRECTIONS = ("left", "right", "up", "down")  # order = class index

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.errors import NotAStoreError, StoreCorruptError, StoreError, StoreMismatchError
 from store import codecs, layout
+from store.errors import NotAStoreError, StoreCorruptError, StoreError, StoreMismatchError
 from store.index import read_log
 from store.schema import StoreSpec, TensorSpec, check_format
 

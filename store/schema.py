@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import StoreMismatchError, StoreVersionError
 from store import layout
+from store.errors import StoreMismatchError, StoreVersionError
 
 STORAGE_DTYPES = ("float16", "int8")
 INT8_BOUND = "|x - x_hat| <= scale / 2 per element, scale = max|x| over the token's channels / 127"

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.errors import StoreCorruptError
 from store import codecs, layout
+from store.errors import StoreCorruptError
 from store.reader import FeatureStore
 from store.writer import set_complete
 

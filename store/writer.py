@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,9 +27,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.errors import InvalidIdError, NotAStoreError, StoreError, StoreMismatchError
-from pipeline.process import pid_alive
-from store import codecs, layout
+from store import codecs, layout, locks
+from store.errors import InvalidIdError, NotAStoreError, StoreError, StoreMismatchError
 from store.index import read_log, write_log_line
 from store.rows import RowArray
 from store.schema import StoreSpec, TensorSpec, check_format, diff
@@ -185,7 +183,7 @@ class PartWriter:
         self.part = part
         self.dir = self.path / layout.part_path(part)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock: Path | None = _acquire_lock(self.dir / layout.LOCK_FILE, steal_lock)
+        self._lock: Path | None = locks.acquire(self.dir / layout.LOCK_FILE, steal_lock)
         self.commit_interval_s = commit_interval_s
         storage = self.spec.storage
         shard_bytes = int((shard_mb or storage.get("shard_mb", 64)) * (1 << 20))
@@ -346,31 +344,3 @@ def _open_arrays(
     for name, (shape, dtype, dims) in wanted.items():
         arrays[name] = RowArray.open_or_create(group, name, shape, dtype, dims, compression, shard_bytes, crc)
     return arrays
-
-
-def _acquire_lock(lock: Path, steal: bool) -> Path:
-    """One live writer per part: a LOCK file with host and pid; a dead local owner's lock is taken over."""
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-    tmp = lock.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(me))
-    try:
-        os.link(tmp, lock)  # atomic create-if-absent: of two writers starting at once, one gets the part
-        tmp.unlink()
-        return lock
-    except FileExistsError:
-        pass
-    if not steal:
-        try:
-            owner = json.loads(lock.read_text())
-        except (OSError, ValueError):
-            owner = {}
-        alive = owner.get("host") != me["host"] or pid_alive(int(owner.get("pid", -1)))
-        if alive and owner.get("pid") != me["pid"]:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(
-                f"part {lock.parent.name} is being written by pid {owner.get('pid')} on host "
-                f"{owner.get('host')} ({lock}). Writers never share a part: wait for it, use another part, "
-                "or, if that writer is dead, delete the LOCK file."
-            )
-    os.replace(tmp, lock)
-    return lock

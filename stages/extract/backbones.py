@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError
-from pipeline.registry import Registry
+from stages.core.errors import ConfigError
+from stages.core.registry import Registry
 from stages.extract import vit_taps as fam
 from stages.extract.vit_taps import Built, ViTTaps, capture
 

@@ -25,8 +25,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.errors import DecodeError
-from pipeline.registry import Registry
+from stages.core.errors import DecodeError
+from stages.core.registry import Registry
 
 Source = str | os.PathLike | bytes
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.errors import TwostageError
+from stages.core.errors import TwostageError
 from stages.extract import sources
 from stages.extract.backbones import FrozenBackbone, TensorRequest
 from stages.extract.worker import DecodeJob, worker_main

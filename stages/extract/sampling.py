@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError
-from pipeline.registry import Registry
+from stages.core.errors import ConfigError
+from stages.core.registry import Registry
 
 SAMPLERS = Registry("sampler")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")

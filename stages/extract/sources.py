@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from pipeline.errors import InvalidIdError, LabelError, SourceError
+from stages.core.errors import InvalidIdError, LabelError, SourceError
 
 VIDEO_EXTENSIONS = frozenset({"mp4", "avi", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv"})
 TAR_PREFIX = "tar://"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cluster import expand_shorthand
-from pipeline.config import load_config, to_dict
-from pipeline.errors import ConfigError
+from stages.core.config import load_config, to_dict
+from stages.core.errors import ConfigError
 from stages.extract import sources
 from stages.extract.backbones import FrozenBackbone, TensorRequest, build_backbone
 from stages.extract.config import ExtractConfig

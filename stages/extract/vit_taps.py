@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError, WeightsError
+from stages.core.errors import ConfigError, WeightsError
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.process import pid_alive
 from stages.extract import decode, sampling, sources
+from store.locks import pid_alive
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import to_dict
-from pipeline.errors import CheckpointError, ConfigError, StoreError, StoreMismatchError
+from stages.core.config import to_dict
+from stages.core.errors import CheckpointError, ConfigError, StoreError, StoreMismatchError
 from stages.train.config import RESUMABLE_CHANGES, TrainConfig
 from stages.train.heads import HEADS
 from stages.train.outputs import CHECKPOINT_FORMAT

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.errors import StoreMismatchError
+from stages.core.errors import StoreMismatchError
 from store import FeatureStore
 
 TOKEN_KINDS = ("tokens", "q", "k")  # per-frame shape [L, ...] with the CLS at token 0 (never dropped)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.config import to_dict
+from stages.core.config import to_dict
 from stages.train import outputs
 from stages.train.config import TrainConfig
 from stages.train.data import ClipDataset, make_loader

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from pipeline.errors import ConfigError
+from stages.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from pipeline.config import config_keys, load_config
-from pipeline.errors import StoreError
+from stages.core.config import config_keys, load_config
+from stages.core.errors import StoreError
 from stages.train import checks
 from stages.train.config import TrainConfig
 from stages.train.data import ClipDataset, split_ids

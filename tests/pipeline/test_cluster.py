@@ -22,8 +22,8 @@ import pytest
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from pipeline import cluster, commit
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
+from stages.core.config import load_config
+from stages.core.errors import ConfigError
 from stages.extract.config import ExtractConfig
 from store import FeatureStore, layout, verify
 from store.index import read_log

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from stages.core.config import load_config
 
 ROOT = Path(__file__).parents[2] / "configs"
 FILES = sorted(ROOT.rglob("*.yaml"))
@@ -40,8 +40,8 @@ def test_config_validates(path: Path) -> None:
 
 
 def test_pipeline_plan_validates_every_stage(tmp_path: Path) -> None:
-    from pipeline.errors import ConfigError
     from pipeline.run import PipelineConfig, plan
+    from stages.core.errors import ConfigError
 
     cfg = load_config(PipelineConfig, ROOT / "quickstart.yaml", [f"out={tmp_path}"])
     plans = plan(cfg)

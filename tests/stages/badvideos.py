@@ -142,7 +142,7 @@ def write_bad_corpus(folder: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """Write the bad/odd-input corpus into ``folder``; returns ``{name: (path, expectation)}``.
 
     ``expectation`` is ``"decodes"`` (at least one frame must come out) or ``"fails"`` (a clear
-    :class:`~pipeline.errors.DecodeError`). Entries whose encoder is missing are left out.
+    :class:`~stages.core.errors.DecodeError`). Entries whose encoder is missing are left out.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError, RegistryError, WeightsError
+from stages.core.errors import ConfigError, RegistryError, WeightsError
 from stages.extract.backbones import BACKBONES, TensorRequest, build_backbone, list_backbones
 from stages.qk import qk_from_residual
 

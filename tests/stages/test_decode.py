@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import DecodeError, RegistryError
+from stages.core.errors import DecodeError, RegistryError
 from stages.extract import decode
 from stages.extract.decode import DECODERS, VideoReader, open_video
 from tests.stages.badvideos import (

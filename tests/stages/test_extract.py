@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_config
+from stages.core.config import load_config
 from stages.extract import decode, sampling
 from stages.extract.backbones import build_backbone
 from stages.extract.config import ExtractConfig

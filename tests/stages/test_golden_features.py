@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import load_config
+from stages.core.config import load_config
 from stages.extract.config import ExtractConfig
 from stages.extract.stage import run_extract
 from store import FeatureStore

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from stages.core.errors import ConfigError
 from stages.extract.sampling import (
     SAMPLERS,
     ViewPlan,

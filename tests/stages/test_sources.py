@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import InvalidIdError, LabelError, SourceError
 from stages import synth
+from stages.core.errors import InvalidIdError, LabelError, SourceError
 from stages.extract.sources import VideoItem, open_bytes, read_source, validate_id
 
 

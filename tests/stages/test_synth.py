@@ -9,8 +9,8 @@ import decord
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError
 from stages import synth
+from stages.core.errors import ConfigError
 
 
 def decode_pyav(path) -> np.ndarray:

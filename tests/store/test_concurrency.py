@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import StoreError
+from stages.core.errors import StoreError
 from store import FeatureStore, PartWriter, verify
 from tests.store.conftest import finish, start_writer
 from tests.store.synthetic import make_video, video_id

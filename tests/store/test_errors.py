@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.errors import (
+from stages.core.errors import (
     InvalidIdError,
     NotAStoreError,
     StoreError,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import zarr
 
-from pipeline.errors import StoreError
+from stages.core.errors import StoreError
 from store import FeatureStore, PartWriter, VideoEntry, ViewRows, verify
 from store.codecs import dequantise_int8, quantise_int8
 from tests.store.conftest import N_VIDEOS

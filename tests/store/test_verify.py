@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.errors import StoreCorruptError
+from stages.core.errors import StoreCorruptError
 from store import FeatureStore, PartWriter, VideoEntry, verify
 from tests.store.synthetic import make_video, video_id
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"})
         _trace_writes(args.trace)
 
-    from pipeline.errors import StoreError
+    from stages.core.errors import StoreError
     from store import PartWriter
     from tests.store.synthetic import make_video, video_id
 

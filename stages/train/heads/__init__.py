@@ -6,7 +6,7 @@ Every builder takes the same keyword-only contract plus its own options (keyword
 
 ``tensors`` maps every stored tensor name to its per-frame shape, ``backbone`` is the store's backbone
 spec, ``frozen`` the store's frozen backbone weights (or None). The builder refuses, with a
-:class:`pipeline.errors.StoreMismatchError`, a store that lacks what the head needs. A head's ``inputs``
+:class:`stages.core.errors.StoreMismatchError`, a store that lacks what the head needs. A head's ``inputs``
 lists the store tensors it reads; ``head(feats)`` maps ``{name: [B, T, *shape]}`` to logits ``[B, C]``.
 
 Adding a head: write a module with an ``@HEADS.register("name")`` builder and import it below; the
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.registry import Registry
+from stages.core.registry import Registry
 
 HEADS = Registry("head")
 

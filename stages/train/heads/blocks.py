@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError, StoreMismatchError
+from stages.core.errors import ConfigError, StoreMismatchError
 
 _BLOCK = re.compile(r"^b(\d+)$")
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, StoreMismatchError
+from stages.core.errors import ConfigError, StoreMismatchError
 from stages.qk import qk_from_residual
 from stages.train.heads import HEADS
 from stages.train.heads.blocks import Attention, Head, Mlp, block_layers, pick_heads, residual_input_name

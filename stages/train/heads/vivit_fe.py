@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import CheckpointError, ConfigError, StoreMismatchError
+from stages.core.errors import CheckpointError, ConfigError, StoreMismatchError
 from stages.train.heads import HEADS, blocks
 from stages.train.heads.blocks import Attention, Head, PreLNBlock, pick_heads, take_cls
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import from_dict
+from stages.core.config import from_dict
 from stages.train.config import TrainConfig
 from store import PartWriter, StoreSpec, TensorSpec, VideoEntry, ViewRows, create_store, finalize
 

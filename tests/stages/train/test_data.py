@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.errors import StoreMismatchError
+from stages.core.errors import StoreMismatchError
 from stages.train.data import ClipDataset, EpochSampler, clip_rows, collate_clips, split_ids, spread_starts
 from store import FeatureStore
 

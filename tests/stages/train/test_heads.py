@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError, ConfigError, StoreMismatchError
+from stages.core.errors import CheckpointError, ConfigError, StoreMismatchError
 from stages.qk import qk_from_residual
 from stages.train.heads import HEADS, build_head
 from stages.train.heads.vivit_fe import interpolate_temporal_pos

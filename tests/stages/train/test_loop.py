@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipeline.config import from_dict, to_dict
-from pipeline.errors import ConfigError
+from stages.core.config import from_dict, to_dict
+from stages.core.errors import ConfigError
 from stages.train.config import TrainConfig
 from stages.train.data import ClipDataset, make_loader, split_ids
 from stages.train.evaluate import evaluate, video_metrics

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.config import load_config
-from pipeline.errors import CheckpointError, ConfigError, NotAStoreError, StoreError, StoreMismatchError
+from stages.core.config import load_config
+from stages.core.errors import CheckpointError, ConfigError, NotAStoreError, StoreError, StoreMismatchError
 from stages.train import evaluate
 from stages.train.config import TrainConfig
 from stages.train.stage import main, run_train

@@ -17,7 +17,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from pipeline.errors import RegistryError
+from stages.core.errors import RegistryError
 
 T = TypeVar("T", bound=Callable[..., Any])
 

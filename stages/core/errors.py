@@ -1,17 +1,22 @@
-"""The project's error hierarchy, in one module.
+"""The project's error hierarchy, in one module: the store's errors (defined in ``store/errors.py``, the
+lowest layer, where the root :class:`TwostageError` lives) re-exported, and the errors of the stages.
 
 Every error a user can cause subclasses both :class:`TwostageError` and the builtin it refines, so
 ``except ValueError`` keeps working for callers who do not know this module. Messages name the value,
 what was expected, and what to do about it.
-
-This module imports nothing from the project: every package may import it.
 """
 
 from __future__ import annotations
 
-
-class TwostageError(Exception):
-    """Base of every error twostage raises on purpose."""
+from store.errors import (
+    InvalidIdError,
+    NotAStoreError,
+    StoreCorruptError,
+    StoreError,
+    StoreMismatchError,
+    StoreVersionError,
+    TwostageError,
+)
 
 
 class ConfigError(TwostageError, ValueError):
@@ -35,30 +40,6 @@ class RegistryError(TwostageError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class StoreError(TwostageError, ValueError):
-    """A feature store cannot be used as asked."""
-
-
-class NotAStoreError(StoreError, FileNotFoundError):
-    """The path holds no twostage store."""
-
-
-class StoreVersionError(StoreError):
-    """The store was written by a newer (or unknown) format version."""
-
-
-class StoreMismatchError(StoreError):
-    """The store's attributes do not fit the request (another config, backbone, missing tensor...)."""
-
-
-class StoreCorruptError(StoreError):
-    """Stored bytes fail a checksum or cannot be decoded."""
-
-
-class InvalidIdError(TwostageError, ValueError):
-    """A video id that is empty, too long, or could escape the store directory."""
-
-
 class LabelError(TwostageError, ValueError):
     """A label that is not in the class list."""
 
@@ -77,3 +58,21 @@ class WeightsError(TwostageError, FileNotFoundError):
 
 class CheckpointError(TwostageError, ValueError):
     """A checkpoint that does not fit the head, config or store it is used with."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DecodeError",
+    "InvalidIdError",
+    "LabelError",
+    "NotAStoreError",
+    "RegistryError",
+    "SourceError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreMismatchError",
+    "StoreVersionError",
+    "TwostageError",
+    "WeightsError",
+]

@@ -2,7 +2,7 @@
 
 A config schema is a plain (possibly nested) dataclass. :func:`load_config` reads YAML, applies command
 line overrides such as ``optim.lr=3e-4 head.layers=[8,9]``, checks every value against the type hints
-and raises one :class:`~pipeline.errors.ConfigError` listing all problems (unknown keys with a close
+and raises one :class:`~stages.core.errors.ConfigError` listing all problems (unknown keys with a close
 match, wrong types, missing required keys, ``__post_init__`` cross-field checks).
 
 Example:
@@ -35,7 +35,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from pipeline.errors import ConfigError
+from stages.core.errors import ConfigError
 
 T = TypeVar("T")
 BASE_KEY = "_base_"

@@ -1,4 +1,4 @@
-"""Tests for pipeline.config: YAML + overrides -> validated nested dataclasses, all problems at once."""
+"""Tests for stages.core.config: YAML + overrides -> validated nested dataclasses, all problems at once."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 import pytest
 
-from pipeline.config import config_keys, dump_yaml, fingerprint, from_dict, load_config, to_dict
-from pipeline.errors import ConfigError
+from stages.core.config import config_keys, dump_yaml, fingerprint, from_dict, load_config, to_dict
+from stages.core.errors import ConfigError
 
 # Schemas live at module level: with `from __future__ import annotations` their hints must resolve.
 
