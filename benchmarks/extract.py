@@ -38,10 +38,10 @@ import torch
 
 from stages import synth
 from stages.extract import decode, runner, sources
-from stages.extract.backbones import FrozenBackbone, build_backbone
 from stages.extract.config import BackboneConfig, ExtractConfig, RunConfig, SamplingConfig, StoreConfig
 from stages.extract.stage import decode_job, parse_requests, run_extract, summary
 from stages.extract.worker import plan_views, prepare_frames
+from stages.models import Backbone, build_backbone
 from store import FeatureStore, PartWriter, VideoEntry, ViewRows, codecs, create_store, layout
 from store.schema import StoreSpec
 
@@ -75,7 +75,7 @@ def make_config(a: argparse.Namespace, source: Path, store: Path, **sampling: An
     )
 
 
-def load_backbone(a: argparse.Namespace) -> tuple[FrozenBackbone, str]:
+def load_backbone(a: argparse.Namespace) -> tuple[Backbone, str]:
     """Build ``a.backbone``; without downloadable weights fall back to random init of the same architecture
     (``a.backbone`` is rewritten so every measurement uses it). Returns the backbone and a weights note."""
     try:
@@ -113,7 +113,7 @@ class _NoModel:
 
     device = torch.device("cpu")
 
-    def __init__(self, backbone: FrozenBackbone, requests: list) -> None:
+    def __init__(self, backbone: Backbone, requests: list) -> None:
         self.shapes = backbone.output_shapes(requests)
 
     def output_shapes(self, requests: list) -> dict[str, tuple[int, ...]]:
@@ -132,7 +132,7 @@ class _NoWriter:
         pass
 
 
-def decode_only(cfg: ExtractConfig, backbone: FrozenBackbone, requests: list) -> dict[str, Any]:
+def decode_only(cfg: ExtractConfig, backbone: Backbone, requests: list) -> dict[str, Any]:
     """The engine itself (same worker pool, queue and packing) with the model and the store removed."""
     items, classes = sources.read_source(cfg.source)
     ex = runner.Extractor(
@@ -166,7 +166,7 @@ def to_host(y: torch.Tensor, quantise: bool) -> Any:
 
 
 def model_only(
-    bb: FrozenBackbone, requests: list, batch: int, frames: int, quantise: bool, chunk: int
+    bb: Backbone, requests: list, batch: int, frames: int, quantise: bool, chunk: int
 ) -> dict[str, Any]:
     """Full batches of random float16 frames, packed from ``chunk``-frame pieces as the engine packs them."""
     s = bb.spec["input_size"]
@@ -268,7 +268,7 @@ def end_to_end(cfg: ExtractConfig) -> dict[str, Any]:
     }
 
 
-def naive(cfg: ExtractConfig, bb: FrozenBackbone, requests: list, out: Path) -> dict[str, Any]:
+def naive(cfg: ExtractConfig, bb: Backbone, requests: list, out: Path) -> dict[str, Any]:
     """The peer baseline: one video at a time in one process: decode its frames, forward them as one batch,
     ``np.savez`` one file per video, next video (same decoder, sampling, preprocessing and model)."""
     items, _ = sources.read_source(cfg.source)

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 from stages.core.config import load_config
 from stages.extract import decode
-from stages.extract.backbones import build_backbone
 from stages.extract.config import ExtractConfig
 from stages.extract.sources import VideoItem
 from stages.extract.stage import decode_job, parse_requests, run_extract
 from stages.extract.worker import DecodeJob, plan_views, prepare_frames
+from stages.models import build_backbone
 from stages.synth import generate
 from stages.train.config import TrainConfig
 from stages.train.data import split_ids

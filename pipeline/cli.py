@@ -87,7 +87,7 @@ LOCAL: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 def _list(kind: str) -> int:
     if kind == "backbones":
-        from stages.extract.backbones import BACKBONES as reg
+        from stages.models import BACKBONES as reg
     else:
         from stages.train.heads import HEADS as reg
     for name in reg.names():

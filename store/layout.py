@@ -27,6 +27,8 @@ overwritten when the part resumes.
 
 from __future__ import annotations
 
+from store import contract
+
 FORMAT_NAME = "twostage-features"
 FORMAT_VERSION = 1  # bump on any incompatible layout change; readers refuse newer versions
 ATTRS_KEY = "twostage"
@@ -56,7 +58,8 @@ KIND_DIMS = {
 }
 FINAL_DIMS = ("embed",)  # "final.cls" has the model's embedding width, not the residual width
 
-KINDS = tuple(KIND_DIMS)
+KINDS = contract.KINDS
+assert set(KIND_DIMS) == set(KINDS), "every kind of the contract needs its dimension names"
 
 
 def part_path(part: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from store import layout
+from store import contract, layout
 from store.errors import StoreMismatchError, StoreVersionError
 
 STORAGE_DTYPES = ("float16", "int8")
@@ -32,8 +32,7 @@ class TensorSpec:
     pool: int | None = None  # p for kind "pooled": a p x p grid
 
     def __post_init__(self) -> None:
-        if self.kind not in layout.KINDS:
-            raise ValueError(f"tensor {self.name!r}: kind {self.kind!r} is not one of {layout.KINDS}")
+        contract.TensorName.parse(self.name)  # ValueError naming what is wrong
         if self.dtype not in STORAGE_DTYPES:
             raise ValueError(f"tensor {self.name!r}: dtype {self.dtype!r} is not one of {STORAGE_DTYPES}")
         if self.name != f"{self.layer}.{self.kind}":

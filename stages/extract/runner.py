@@ -25,8 +25,8 @@ import torch
 
 from stages.core.errors import TwostageError
 from stages.extract import sources
-from stages.extract.backbones import FrozenBackbone, TensorRequest
 from stages.extract.worker import DecodeJob, worker_main
+from stages.models import Backbone, TensorRequest
 from store import PartWriter, VideoEntry, ViewRows, codecs
 
 
@@ -74,7 +74,7 @@ class Extractor:
 
     def __init__(
         self,
-        backbone: FrozenBackbone,
+        backbone: Backbone,
         requests: list[TensorRequest],
         job: DecodeJob,
         writer: PartWriter,
@@ -86,8 +86,9 @@ class Extractor:
         fail_fast: bool = False,
         progress: Any = None,
         video_timeout_s: float = 600.0,
+        bf16: bool = True,
     ) -> None:
-        self.video_timeout_s = video_timeout_s
+        self.video_timeout_s, self.bf16 = video_timeout_s, bf16
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.backbone, self.requests, self.job, self.writer = backbone, requests, job, writer
         self.workers, self.batch_frames, self.quantise = max(1, workers), batch_frames, quantise
@@ -255,7 +256,10 @@ class Extractor:
         self.stats.batches.append(len(batch))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        outputs = self.backbone.forward_tensors(batch.to(self.device).float(), self.requests)
+        with torch.inference_mode():  # frozen features: no autograd bookkeeping at all
+            outputs = self.backbone.forward_tensors(
+                batch.to(self.device).float(), self.requests, bf16=self.bf16
+            )
         host = {name: self._to_host(y) for name, y in outputs.items()}
         self.stats.model_s += time.perf_counter() - t0
         start = 0

@@ -16,10 +16,10 @@ from pipeline.cluster import expand_shorthand
 from stages.core.config import load_config, to_dict
 from stages.core.errors import ConfigError
 from stages.extract import sources
-from stages.extract.backbones import FrozenBackbone, TensorRequest, build_backbone
 from stages.extract.config import ExtractConfig
 from stages.extract.runner import Extractor, Stats
 from stages.extract.worker import DecodeJob
+from stages.models import Backbone, TensorRequest, build_backbone
 from store import (
     FeatureStore,
     PartWriter,
@@ -30,6 +30,7 @@ from store import (
     layout,
     set_complete,
 )
+from store.contract import recomputable_blocks
 
 
 def parse_requests(names: list[str], pool: int) -> list[TensorRequest]:
@@ -46,20 +47,9 @@ def parse_requests(names: list[str], pool: int) -> list[TensorRequest]:
     return out
 
 
-def frozen_layers(requests: list[TensorRequest], depth: int) -> list[int]:
-    """Blocks whose input residual stream is stored: stage two can recompute their q/k exactly."""
-    layers = []
-    for r in requests:
-        if r.kind == "tokens" and r.layer == "embed":
-            layers.append(0)
-        elif r.kind == "tokens" and r.layer.startswith("b") and int(r.layer[1:]) + 1 < depth:
-            layers.append(int(r.layer[1:]) + 1)
-    return sorted(set(layers))
-
-
 def build_spec(
     cfg: ExtractConfig,
-    backbone: FrozenBackbone,
+    backbone: Backbone,
     requests: list[TensorRequest],
     classes: list[str],
     frozen: list[str],
@@ -102,7 +92,7 @@ def build_spec(
     )
 
 
-def decode_job(cfg: ExtractConfig, backbone: FrozenBackbone) -> DecodeJob:
+def decode_job(cfg: ExtractConfig, backbone: Backbone) -> DecodeJob:
     s, bb = cfg.sampling, backbone.spec
     return DecodeJob(
         mode=s.mode,
@@ -140,7 +130,7 @@ def select_part(items: list[sources.VideoItem], part: str | None) -> tuple[list[
 
 def prepare_store(
     cfg: ExtractConfig, classes: list[str], device: str
-) -> tuple[FrozenBackbone, list[TensorRequest]]:
+) -> tuple[Backbone, list[TensorRequest]]:
     """Build the backbone, resolve the tensors, and create (or check) the store with their spec.
 
     The one place a store's spec is made: stage one and the dask driver both call it.
@@ -152,7 +142,8 @@ def prepare_store(
         device=device,
     )
     requests = backbone.resolve(parse_requests(cfg.tensors, cfg.pool))
-    layers = frozen_layers(requests, backbone.spec["depth"]) if backbone.qk_recomputable else []
+    stored = [r.name for r in requests]
+    layers = recomputable_blocks(stored, backbone.spec["depth"]) if backbone.qk_recomputable else []
     frozen = backbone.frozen_weights(layers) if layers else {}
     spec = build_spec(cfg, backbone, requests, classes, sorted(frozen))
     create_store(cfg.store.path, spec, overwrite=cfg.store.overwrite, frozen=frozen)
@@ -195,6 +186,7 @@ def run_extract(
             fail_fast=cfg.run.fail_fast,
             progress=progress,
             video_timeout_s=cfg.run.video_timeout_s,
+            bf16=cfg.backbone.bf16,
         )
         stats = extractor.run(video_items, todo)
     if progress is not None:

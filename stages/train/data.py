@@ -32,9 +32,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from stages.core.errors import StoreMismatchError
 from store import FeatureStore
+from store.contract import CELL_KINDS, TOKEN_KINDS
 
-TOKEN_KINDS = ("tokens", "q", "k")  # per-frame shape [L, ...] with the CLS at token 0 (never dropped)
-CELL_KINDS = ("pooled",)  # per-frame shape [p*p, d]: patch cells only
 VIEW_POLICIES = ("cycle", "random", "first")  # which stored view a video gives in each training epoch
 
 

@@ -19,9 +19,9 @@ import torch
 
 from stages.core.config import load_config
 from stages.extract import decode, sampling
-from stages.extract.backbones import build_backbone
 from stages.extract.config import ExtractConfig
 from stages.extract.stage import main, parse_requests, run_extract
+from stages.models import build_backbone
 from store import FeatureStore, verify
 
 TENSORS = ["b-1.tokens", "b0.tokens", "b-1.q", "b-1.pooled", "final.cls"]

@@ -1,23 +1,21 @@
 """Building blocks shared by the stage-two heads: the head base class, store-name lookups, attention,
 MLP, pre-LN transformer block.
 
-Store tensor names are ``"{layer}.{kind}"`` (``"b11.tokens"``, ``"final.cls"``...; see the brief's
-"Store tensor names"). Heads receive ``tensors``, the per-frame shape of every stored tensor, and
+Store tensor names are ``"{layer}.{kind}"`` (``"b11.tokens"``, ``"final.cls"``...; the grammar is
+``store/contract.py``). Heads receive ``tensors``, the per-frame shape of every stored tensor, and
 pick what they read with the helpers below, so every head resolves names the same way.
 """
 
 from __future__ import annotations
 
 import abc
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stages.core.errors import ConfigError, StoreMismatchError
-
-_BLOCK = re.compile(r"^b(\d+)$")
+from store.contract import block_layers
 
 
 class Head(nn.Module, abc.ABC):
@@ -31,22 +29,6 @@ class Head(nn.Module, abc.ABC):
 
 
 # ----------------------------------------------------------------------------------------- store names
-
-
-def block_layers(tensors: dict[str, tuple[int, ...]], kind: str) -> list[int]:
-    """Sorted block indices ``l`` for which ``b{l}.{kind}`` is stored."""
-    found = []
-    for name in tensors:
-        layer, _, k = name.partition(".")
-        match = _BLOCK.match(layer)
-        if match and k == kind:
-            found.append(int(match.group(1)))
-    return sorted(found)
-
-
-def residual_input_name(layer: int) -> str:
-    """The store name of block ``layer``'s input residual stream (the previous block's output)."""
-    return "embed.tokens" if layer == 0 else f"b{layer - 1}.tokens"
 
 
 def resolve_cls_feature(tensors: dict[str, tuple[int, ...]], feature: str | None) -> tuple[str, int]:

@@ -16,7 +16,7 @@ patches p and k (a table of (2g-1)^2 rows); the same with t+1 and ``W_next``. ``
 frames t >= 1, ``M_next`` to frames t <= T-2; the CLS row gets nothing.
 
 q/k of block l come from the store (``b{l}.q``, ``b{l}.k``: ``qk_source == "stored"``) or are recomputed
-from block l's stored input residual stream with the frozen LN1/Wq/Wk (``stages.qk.qk_from_residual``,
+from block l's stored input residual stream with the frozen LN1/Wq/Wk (``stages.models.qk``,
 ``"recomputed"``; methods.md §5.1 compact alternative). Affinities are computed in fp32 even under autocast.
 
 Deviation from the EVL reference: there the temporal conv keeps PyTorch's default (random) init; here its
@@ -33,11 +33,10 @@ import torch
 from torch import nn
 
 from stages.core.errors import ConfigError, StoreMismatchError
-from stages.qk import qk_from_residual
+from stages.models.qk import FrozenQK
 from stages.train.heads import HEADS
-from stages.train.heads.blocks import Attention, Head, Mlp, block_layers, pick_heads, residual_input_name
-
-_QK_WEIGHTS = ("ln_1.weight", "ln_1.bias", "q.weight", "k.weight")  # required; q/k biases are optional
+from stages.train.heads.blocks import Attention, Head, Mlp, pick_heads
+from store.contract import block_layers, missing_frozen, residual_input
 
 
 def relative_index(grid: int) -> torch.Tensor:
@@ -46,26 +45,6 @@ def relative_index(grid: int) -> torch.Tensor:
     ij = ij.reshape(grid * grid, 2)  # [P, 2]
     offset = ij[:, None, :] - ij[None, :, :] + (grid - 1)  # [P, P, 2], each in [0, 2g-2]
     return offset[..., 0] * (2 * grid - 1) + offset[..., 1]  # [P, P]
-
-
-class FrozenQK(nn.Module):
-    """Block l's frozen LN1 and q/k projections (non-persistent buffers), recomputing q/k from its input."""
-
-    def __init__(self, layer: int, frozen: dict[str, np.ndarray], heads: int, eps: float) -> None:
-        super().__init__()
-        self.heads, self.eps = heads, eps
-        for part in ("ln_1.weight", "ln_1.bias", "q.weight", "q.bias", "k.weight", "k.bias"):
-            value = frozen.get(f"b{layer}.{part}")
-            tensor = None if value is None else torch.as_tensor(np.asarray(value, dtype=np.float32))
-            self.register_buffer(part.replace(".", "_"), tensor, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(x.device.type, enabled=False):  # exact fp32 recompute, even under autocast
-            return qk_from_residual(
-                x.float(), ln_weight=self.ln_1_weight, ln_bias=self.ln_1_bias,
-                q_weight=self.q_weight, q_bias=self.q_bias, k_weight=self.k_weight, k_bias=self.k_bias,
-                num_heads=self.heads, eps=self.eps,
-            )  # fmt: skip
 
 
 class CrossFrameAttention(nn.Module):
@@ -217,8 +196,8 @@ def _plan_qk(layer: int, tensors: dict, frozen: dict | None) -> tuple[str, ...] 
     q, k = f"b{layer}.q", f"b{layer}.k"
     if q in tensors and k in tensors:
         return ("stored", q, k)
-    residual = residual_input_name(layer)
-    weights = [f"b{layer}.{w}" for w in _QK_WEIGHTS if f"b{layer}.{w}" not in (frozen or {})]
+    residual = residual_input(layer)
+    weights = missing_frozen(layer, frozen or {})
     if residual in tensors and not weights:
         return ("recomputed", residual)
     lacking = [n for n in (q, k, residual) if n not in tensors] + [f"frozen {w}" for w in weights]

@@ -26,30 +26,12 @@ import torch
 from torch import nn
 
 from stages.core.errors import CheckpointError, ConfigError, StoreMismatchError
+from stages.models.posemb import interpolate_temporal_pos
 from stages.train.heads import HEADS, blocks
 from stages.train.heads.blocks import Attention, Head, PreLNBlock, pick_heads, take_cls
+from store.contract import block_layers
 
 ADAPTERS = ("mlp", "query", "none")
-
-
-def interpolate_temporal_pos(pe: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """Resize a temporal position embedding ``[1, 1+T0, d]`` to ``[1, 1+num_frames, d]``.
-
-    The CLS slot (index 0) is kept as is; the frame rows are linearly interpolated with aligned ends, so
-    the first and last rows of the result equal the first and last frame rows of ``pe`` exactly.
-    """
-    if pe.ndim != 3 or pe.shape[0] != 1 or pe.shape[1] < 2:
-        raise ValueError(f"expected a position embedding [1, 1+T0, d] with T0 >= 1, got {tuple(pe.shape)}")
-    cls, frames = pe[:, :1], pe[:, 1:]  # [1, 1, d], [1, T0, d]
-    t0 = frames.shape[1]
-    if t0 == 1:
-        out = frames.expand(1, num_frames, frames.shape[2])  # [1, T1, d]
-    else:
-        pos = torch.linspace(0, t0 - 1, num_frames, dtype=torch.float64)  # source position of each new frame
-        lo = pos.floor().long().clamp(max=t0 - 2)  # [T1] left neighbour
-        w = (pos - lo).to(pe.dtype).view(1, num_frames, 1)  # [1, T1, 1] weight of the right neighbour
-        out = frames[:, lo] * (1 - w) + frames[:, lo + 1] * w  # [1, T1, d]
-    return torch.cat([cls, out], dim=1).contiguous()  # [1, 1+T1, d]
 
 
 class NoAdapter(nn.Module):
@@ -175,17 +157,10 @@ class ViViTFEHead(Head):
         return report
 
 
-def load_temporal_checkpoint(
-    head: ViViTFEHead, state_dict: dict[str, torch.Tensor], *, strict: bool = True
-) -> dict[str, list[str]]:
-    """Functional spelling of :meth:`ViViTFEHead.load_from`."""
-    return head.load_from(state_dict, strict=strict)
-
-
 def _tokens_name(tensors: dict[str, tuple[int, ...]], tokens_layer: str | None) -> str:
     """The patch-token tensor adapter B reads: ``tokens_layer`` ("b11", "b11.tokens", "b11.pooled")."""
     if tokens_layer is None:
-        layers = blocks.block_layers(tensors, "tokens")
+        layers = block_layers(tensors, "tokens")
         if not layers:
             raise StoreMismatchError(
                 f"vivit_fe adapter='query' needs a frame's patch tokens ('b*.tokens') but the store holds "

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from stages.core.errors import CheckpointError, ConfigError, StoreMismatchError
-from stages.qk import qk_from_residual
+from stages.models import qk_from_residual
 from stages.train.heads import HEADS, build_head
-from stages.train.heads.vivit_fe import interpolate_temporal_pos
 
 WIDTH, DEPTH, N_HEADS, GRID, EMBED = 32, 3, 2, 4, 16
 L = 1 + GRID * GRID
@@ -243,15 +242,6 @@ def test_vivit_logits_are_zero_at_init(adapter, feats):
 def test_vivit_projection_when_dim_differs(feats):
     head = build("vivit_fe", feats, dim=24, heads=3, depth=1)
     assert head.pos_embed.shape == (1, 1 + T, 24) and isinstance(head.proj, torch.nn.Linear)
-
-
-def test_interpolate_temporal_pos_keeps_cls_and_ends():
-    pe = torch.randn(1, 1 + 8, 6)
-    out = interpolate_temporal_pos(pe, 15)  # every other new row is an old row
-    assert out.shape == (1, 16, 6)
-    assert torch.equal(out[:, :1], pe[:, :1]) and torch.allclose(out[:, 1::2], pe[:, 1:])
-    assert torch.allclose(out[:, 2::2], (pe[:, 1:-1] + pe[:, 2:]) / 2)
-    assert torch.equal(interpolate_temporal_pos(pe, 8), pe)
 
 
 def test_vivit_8_to_32_frames_keeps_trained_weights(frozen):

@@ -1,7 +1,8 @@
-"""open_clip / timm specifics: where stage one's tensors live in a ViT, one-pass capture, weights files.
+"""open_clip / timm specifics: where the per-frame tensors live in a ViT, and one-pass capture.
 
-A :class:`ViTTaps` names the pieces of a pre-LN ViT the extractor taps: the block list, each block's LN1
-and attention projections, and the full forward to the image embedding. :func:`capture` runs that forward
+A :class:`ViTTaps` names the pieces of a pre-LN ViT the backbone layer taps: the block list, each block's
+LN1 and attention projections, the stem before block 0, the position embedding, and the full forward to
+the image embedding. :func:`capture` runs that forward
 once with forward hooks and returns the residual streams and q/k it was asked for:
 
     frames [N, 3, S, S] --patch embed, CLS, pos (+ln_pre)--> embed [N, L, d]   (input of block 0)
@@ -16,16 +17,15 @@ attention's ``q_norm``/``k_norm``), so they are exactly what the attention multi
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.core.errors import ConfigError, WeightsError
+from stages.core.errors import ConfigError
+from stages.models.weights import fetching
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class ViTTaps:
     heads: int
     embed_dim: int
     ln_eps: float
+    stem: tuple[str, ...]  # attribute names of the modules/parameters before block 0 (embedding, ln_pre)
+    pos_embed: str  # attribute name of the absolute position embedding
+    pos_prefix: int  # leading rows of the position embedding that belong to the CLS (1, or 0 if none)
     seq_first: bool = False  # open_clip's legacy LND layout: hooks see [L, N, d]
     qk_unsupported: str | None = None  # why q/k cannot be captured, or None
     residual_qk_unsupported: str | None = None  # why q/k are not exactly LN1 + Linear, or None
@@ -140,6 +143,9 @@ def open_clip_taps(visual: nn.Module) -> ViTTaps:
         heads=int(attns[0].num_heads),
         embed_dim=int(embed_dim),
         ln_eps=_layernorm_eps([b.ln_1 for b in blocks]),
+        stem=("conv1", "class_embedding", "positional_embedding", "patch_dropout", "ln_pre"),
+        pos_embed="positional_embedding",
+        pos_prefix=1,
         seq_first=not getattr(visual.transformer, "batch_first", True),
         qk_unsupported=qk_unsupported,
         residual_qk_unsupported=qk_unsupported,
@@ -198,6 +204,9 @@ def timm_taps(model: nn.Module) -> ViTTaps:
         heads=heads,
         embed_dim=int(getattr(model, "head_hidden_size", model.num_features)),
         ln_eps=_layernorm_eps([b.norm1 for b in blocks]),
+        stem=("patch_embed", "cls_token", "reg_token", "pos_embed", "pos_drop", "patch_drop", "norm_pre"),
+        pos_embed="pos_embed",
+        pos_prefix=0 if getattr(model, "no_embed_class", False) else 1,
         qk_unsupported=qk_unsupported,
         residual_qk_unsupported=residual_qk_unsupported,
     )
@@ -335,84 +344,3 @@ def timm_model(name: str, tag: str | None, fetch: bool) -> Built:
     with fetching(f"timm {full}") if fetch and tag else contextlib.nullcontext():
         model = timm.create_model(full, pretrained=bool(fetch and tag), num_classes=0)
     return timm_built(model, tag)
-
-
-# ------------------------------------------------------------------------------------------ weights files
-def check_weights_file(path: str | Path) -> Path:
-    """The absolute path of an existing weights file, else a :class:`WeightsError` saying what to do."""
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise WeightsError(
-            f"weights file {str(path)!r} does not exist (resolved to {p}); pass the path of a local "
-            ".pt/.pth/.bin/.safetensors state dict, or drop weights_file to use the pretrained tag"
-        )
-    return p
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks (weights files can be GBs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs), unwrapped
-    from a ``{"state_dict"|"model": ...}`` checkpoint and stripped of DDP's ``module.`` prefix."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader failure means the same thing to the user
-        raise WeightsError(
-            f"cannot read weights file {path} ({type(e).__name__}: {e}); expected a state dict saved with "
-            "torch.save or safetensors (TorchScript archives such as OpenAI's .pt are not read: use "
-            "pretrained='openai', or re-save model.state_dict())"
-        ) from e
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(
-            f"weights file {path} holds a {type(obj).__name__}, expected a state dict of tensors"
-        )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise WeightsError(f"weights do not fit {what}: {str(e)[:2000]}; check the model name") from e
-
-
-def load_open_clip_weights(visual: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full-CLIP (``visual.*`` keys; the text tower is ignored) or visual-only state dict."""
-    if any(k.startswith("visual.") for k in state):
-        state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    _load_strict(visual, state, "the open_clip visual tower")
-
-
-def load_timm_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a timm state dict; classifier keys are dropped when the model was built without a head."""
-    own = model.state_dict()
-    classifier = str(getattr(model, "pretrained_cfg", {}).get("classifier", "head"))
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(classifier + ".")}
-    _load_strict(model, state, f"timm {type(model).__name__}")
-
-
-@contextlib.contextmanager
-def fetching(what: str) -> Iterator[None]:
-    """Turn a failed pretrained download into a :class:`WeightsError` that names the way out."""
-    try:
-        yield
-    except (OSError, RuntimeError) as e:
-        raise WeightsError(
-            f"could not fetch pretrained weights for {what} ({type(e).__name__}: {str(e)[:500]}); without "
-            "network access, download the file elsewhere and pass weights_file=PATH"
-        ) from e

@@ -1,6 +1,6 @@
 """Contract tests for every registered ``test_*`` backbone, plus registration and failure cases.
 
-References are computed independently of ``stages.extract.vit_taps``: the libraries' own
+References are computed independently of ``stages.models``: the libraries' own
 ``forward_intermediates``, hooks written here, and q/k/v recomputed from the attention modules' weights.
 """
 
@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from stages.core.errors import ConfigError, RegistryError, WeightsError
-from stages.extract.backbones import BACKBONES, TensorRequest, build_backbone, list_backbones
-from stages.qk import qk_from_residual
+from stages.models import BACKBONES, TensorRequest, build_backbone, qk_from_residual
 
-TEST_ENTRIES = [n for n in list_backbones() if n.startswith("test_")]
+TEST_ENTRIES = [n for n in BACKBONES.names() if n.startswith("test_")]
 SPEC_KEYS = {
     "name", "family", "pretrained", "weights_file", "sha256", "input_size", "mean", "std", "interpolation",
     "patch_size", "grid", "width", "depth", "heads", "tokens_per_frame", "embed_dim", "ln_eps",
@@ -336,8 +335,12 @@ def test_every_bad_request_reported_at_once(bb):
 def test_conflicting_pool_and_bad_frames_and_layers(bb, frames):
     with pytest.raises(ConfigError, match=r"b0\.pooled requested twice with different pool \(1, 2\)"):
         bb.resolve([TensorRequest("b0", "pooled", 1), TensorRequest("b-3", "pooled", 2)])
-    with pytest.raises(ValueError, match=r"expected normalised floats \[N, 3, 32, 32\]"):
-        bb.forward_tensors(frames[:, :, :16, :16], [TensorRequest("b0", "cls")])
+    with pytest.raises(ValueError, match=r"input size 20 is not a positive multiple of the patch size 8"):
+        bb.forward_tensors(frames[:, :, :20, :20], [TensorRequest("b0", "cls")])
+    with pytest.raises(ValueError, match=r"expected square frames"):
+        bb.forward_tensors(frames[:, :, :16, :], [TensorRequest("b0", "cls")])
+    with pytest.raises(ValueError, match=r"expected normalised floats"):
+        bb.forward_tensors(frames.to(torch.uint8), [TensorRequest("b0", "cls")])
     with pytest.raises(ConfigError, match="out of range"):
         bb.frozen_weights([3])
 
@@ -348,7 +351,7 @@ def test_real_entries_are_registered():
         "openclip_vit_b16.openai", "openclip_vit_l14.openai", "openclip_vit_b16.laion2b",
         "timm_vit_small_patch16_224.augreg_in21k_ft_in1k", "timm_vit_base_patch16_224.augreg2_in21k_ft_in1k",
     }  # fmt: skip
-    assert expected <= set(list_backbones())
+    assert expected <= set(BACKBONES.names())
     with pytest.raises(RegistryError, match="Did you mean 'test_timm_vit'"):
         build_backbone("test_timm_vt")
     with pytest.raises(RegistryError, match="already registered"):

@@ -1,10 +1,10 @@
 r"""Recompute a ViT block's attention queries and keys from its input residual stream.
 
-EVL's cross-frame attention needs the backbone's own q and k of each decoder layer's block
-(reference/methods.md §2.1, §5.1). Storing them costs 2 x L x d values per frame and layer; storing
-the block's input residual stream (which the decoder needs anyway one layer down) and recomputing
-q/k here with the frozen LN1 and projection weights costs nothing extra on disk and is exact up to
-the storage dtype.
+EVL's cross-frame attention needs the backbone's own q and k of each decoder layer's block. Storing them
+costs 2 x L x d values per frame and layer; storing the block's input residual stream (which the decoder
+needs anyway one layer down) and recomputing q/k here with the frozen LN1 and projection weights costs
+nothing extra on disk and is exact up to the storage dtype (the residual-input rule of
+``store/contract.py``).
 
     x [N, L, d] --LN1(w, b, eps)--> h [N, L, d] --h @ Wq^T + bq--> q [N, L, H, Dh]
                                                \--h @ Wk^T + bk--> k [N, L, H, Dh]
@@ -15,8 +15,12 @@ unscaled (the 1/sqrt(Dh) factor belongs to the attention product), as the backbo
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from store.contract import QK_PARTS, frozen_key
 
 
 def qk_from_residual(
@@ -41,3 +45,23 @@ def qk_from_residual(
         k = F.linear(h, k_weight.float(), None if k_bias is None else k_bias.float())  # [..., L, d]
     shape = (*x.shape[:-1], num_heads, d // num_heads)
     return q.reshape(shape), k.reshape(shape)  # [..., L, H, Dh] each
+
+
+class FrozenQK(nn.Module):
+    """Block l's frozen LN1 and q/k projections (non-persistent buffers), recomputing q/k from its input."""
+
+    def __init__(self, layer: int, frozen: dict[str, np.ndarray], heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads, self.eps = heads, eps
+        for part in QK_PARTS:
+            value = frozen.get(frozen_key(layer, part))
+            tensor = None if value is None else torch.as_tensor(np.asarray(value, dtype=np.float32))
+            self.register_buffer(part.replace(".", "_"), tensor, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(x.device.type, enabled=False):  # exact fp32 recompute, even under autocast
+            return qk_from_residual(
+                x.float(), ln_weight=self.ln_1_weight, ln_bias=self.ln_1_bias,
+                q_weight=self.q_weight, q_bias=self.q_bias, k_weight=self.k_weight, k_bias=self.k_bias,
+                num_heads=self.heads, eps=self.eps,
+            )  # fmt: skip

@@ -1,0 +1,181 @@
+"""Image backbones: one registry, a JSON-able spec, built frozen (stage one) or trainable (end to end).
+
+Add a backbone with one decorated builder returning a ``stages.models.vit.Built``; the contract tests in
+``tests/stages/models/test_backbones.py`` pick up every ``test_*`` entry. Names follow timm's ``arch.tag``.
+Any open_clip or timm model also works unregistered as ``"open_clip:<model>"`` / ``"timm:<model>"``.
+
+Example:
+    >>> bb = build_backbone("test_timm_vit")
+    >>> reqs = [TensorRequest("b-1", "tokens"), TensorRequest("b2", "q"), TensorRequest("final", "cls")]
+    >>> out = bb.forward_tensors(torch.zeros(2, 3, 32, 32), reqs)
+    >>> {k: tuple(v.shape) for k, v in out.items()}
+    {'b2.tokens': (2, 17, 32), 'b2.q': (2, 17, 2, 16), 'final.cls': (2, 32)}
+
+Preprocessing (size, mean, std, interpolation) comes from the model's own config and travels in the
+spec, so a store always says how its frames were normalised (open_clip issue #1068).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from stages.core.errors import ConfigError
+from stages.core.registry import Registry
+from stages.models import vit as fam
+from stages.models import weights
+from stages.models.backbone import Backbone, TensorRequest  # noqa: F401  (re-exported)
+from stages.models.vit import Built
+
+_PREFIXES = ("open_clip:", "timm:")
+Builder = Callable[..., Built]  # builder(*, pretrained: str | None, fetch: bool) -> Built
+BACKBONES: Registry[Builder] = Registry("backbone")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Deterministic random init without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# ---------------------------------------------------------------------------------------------- entries
+def _register_open_clip(entry: str, arch: str, tag: str) -> None:
+    def build(*, pretrained: str | None, fetch: bool) -> Built:
+        return fam.open_clip_model(arch, pretrained or tag, fetch)
+
+    BACKBONES.register(entry)(build)
+
+
+_register_open_clip("openclip_vit_b16.openai", "ViT-B-16", "openai")
+_register_open_clip("openclip_vit_l14.openai", "ViT-L-14", "openai")
+_register_open_clip("openclip_vit_b16.laion2b", "ViT-B-16", "laion2b_s34b_b88k")
+
+
+@BACKBONES.register("test_openclip_vit")
+def _test_openclip_vit(*, pretrained: str | None, fetch: bool) -> Built:
+    """Tiny random-init open_clip ViT: 32 px, patch 8 (4 x 4 grid), width 32, 3 blocks, 2 heads, embed 16."""
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    _random_only("test_openclip_vit", pretrained)
+    vision = dict(image_size=32, patch_size=8, width=32, layers=3, head_width=16)  # 2 heads of 16
+    text = dict(context_length=8, vocab_size=64, width=16, heads=2, layers=1)  # smallest valid text tower
+    with _seeded(0):
+        model = open_clip.model.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
+    open_clip.set_model_preprocess_cfg(model, asdict(PreprocessCfg(size=32)))  # as create_model does
+    return fam.open_clip_built(model.visual, None)
+
+
+def _register_timm(entry: str, name: str) -> None:
+    def build(*, pretrained: str | None, fetch: bool) -> Built:
+        return fam.timm_model(name if pretrained is None else name.partition(".")[0], pretrained, fetch)
+
+    BACKBONES.register(entry)(build)
+
+
+_register_timm(
+    "timm_vit_small_patch16_224.augreg_in21k_ft_in1k", "vit_small_patch16_224.augreg_in21k_ft_in1k"
+)
+_register_timm(
+    "timm_vit_base_patch16_224.augreg2_in21k_ft_in1k", "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+)
+
+
+@BACKBONES.register("test_timm_vit")
+def _test_timm_vit(*, pretrained: str | None, fetch: bool) -> Built:
+    """Tiny random-init timm ViT (``test_vit`` resized): 32 px, patch 8, width 32, 3 blocks, 2 heads."""
+    import timm
+
+    _random_only("test_timm_vit", pretrained)
+    with _seeded(0):
+        model = timm.create_model(
+            "test_vit",
+            pretrained=False,
+            num_classes=0,
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=3,
+            num_heads=2,
+            dynamic_img_size=False,  # other sizes go through Backbone's own position-embedding resize
+        )
+    return fam.timm_built(model, None)
+
+
+def _random_only(name: str, pretrained: str | None) -> None:
+    if pretrained is not None:
+        raise ConfigError(
+            f"{name} is a random-init test backbone; got pretrained={pretrained!r}, expected None"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ builder
+def build_backbone(
+    name: str,
+    *,
+    pretrained: str | None = None,
+    weights_file: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    trainable: str | int | None = 0,
+) -> Backbone:
+    """Build a backbone by registry name, or ``"open_clip:<model>"`` / ``"timm:<model>"``.
+
+    Args:
+        name: a name of ``BACKBONES`` (``twostage --list-backbones``), or a pass-through ``family:model``.
+        pretrained: pretrained tag; None keeps a registered entry's own tag (pass-through: random init).
+            With ``weights_file`` the tag only selects preprocessing (and QuickGELU for OpenAI CLIP).
+        weights_file: local ``.pt``/``.pth``/``.bin`` (loaded with ``weights_only=True``) or ``.safetensors``
+            state dict, loaded strictly; its sha256 goes into the spec.
+        device: where the model lives and computes.
+        trainable: 0 = frozen (stage one), ``"all"``, or N = only the last N blocks (and what follows
+            them) learn (the end-to-end path).
+    """
+    path = weights.check_weights_file(weights_file) if weights_file is not None else None
+    family, _, model_name = name.partition(":") if name.startswith(_PREFIXES) else ("", "", name)
+    if family == "open_clip":
+        built = fam.open_clip_model(model_name, pretrained, fetch=path is None)
+    elif family == "timm":
+        built = fam.timm_model(model_name, pretrained, fetch=path is None)
+    else:
+        built = BACKBONES.get(name)(pretrained=pretrained, fetch=path is None)
+    if path is not None:
+        load = weights.load_open_clip if built.taps.family == "open_clip" else weights.load_timm
+        load(built.taps.model, weights.read_state_dict(path))
+    elif built.pretrained is None and not name.startswith("test_"):
+        warnings.warn(
+            f"backbone {name!r} has random weights (no pretrained tag, no weights_file)", stacklevel=2
+        )
+    return Backbone(built.taps, _spec(name, built, path), device, trainable)
+
+
+def _spec(name: str, built: Built, path: Path | None) -> dict:
+    t = built.taps
+    if built.interpolation not in ("bicubic", "bilinear"):
+        raise ConfigError(f"{name} asks for {built.interpolation!r} resizing; expected bicubic or bilinear")
+    return dict(
+        name=name,
+        family=t.family,
+        pretrained=built.pretrained,
+        weights_file=None if path is None else str(path),
+        sha256=None if path is None else weights.sha256_file(path),
+        input_size=t.input_size,
+        mean=[float(v) for v in built.mean],
+        std=[float(v) for v in built.std],
+        interpolation=built.interpolation,
+        patch_size=t.patch_size,
+        grid=t.grid,
+        width=t.width,
+        depth=t.depth,
+        heads=t.heads,
+        tokens_per_frame=1 + t.grid**2,
+        embed_dim=t.embed_dim,
+        ln_eps=t.ln_eps,
+    )
