@@ -167,7 +167,7 @@ def overhead(tasks: int) -> dict:
 
 
 def _items(cfg: ExtractConfig) -> tuple[list, list[str]]:
-    from stages.extract import sources
+    from stages.video import sources
 
     return sources.read_source(cfg.source, classes=cfg.classes)
 
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per setting; the best is reported")
     args = parser.parse_args()
-    from stages.synth import generate
+    from stages.video.synth import generate
 
     info = machine()
     with tempfile.TemporaryDirectory(prefix="cluster_scaling_") as tmp:

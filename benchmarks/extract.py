@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from stages import synth
-from stages.extract import decode, runner, sources
+from stages.extract import runner
 from stages.extract.config import BackboneConfig, ExtractConfig, RunConfig, SamplingConfig, StoreConfig
 from stages.extract.stage import decode_job, parse_requests, run_extract, summary
-from stages.extract.worker import plan_views, prepare_frames
+from stages.extract.worker import plan_item
 from stages.models import Backbone, build_backbone
+from stages.video import decode, sources, synth
 from store import FeatureStore, PartWriter, VideoEntry, ViewRows, codecs, create_store, layout
 from store.schema import StoreSpec
 
@@ -119,7 +119,9 @@ class _NoModel:
     def output_shapes(self, requests: list) -> dict[str, tuple[int, ...]]:
         return self.shapes
 
-    def forward_tensors(self, frames: torch.Tensor, requests: list) -> dict[str, torch.Tensor]:
+    def forward_tensors(
+        self, frames: torch.Tensor, requests: list, bf16: bool = True
+    ) -> dict[str, torch.Tensor]:
         n = len(frames)
         return {k: torch.zeros((1, *s), dtype=torch.float16).expand(n, *s) for k, s in self.shapes.items()}
 
@@ -177,8 +179,9 @@ def model_only(
         x = torch.from_numpy(np.concatenate(pieces))  # [B, 3, S, S] float16
         if bb.device.type == "cuda":
             x = x.pin_memory().to(bb.device, non_blocking=True)
-        for y in bb.forward_tensors(x.to(bb.device).float(), requests).values():
-            to_host(y, quantise)
+        with torch.inference_mode():
+            for y in bb.forward_tensors(x.to(bb.device).float(), requests).values():
+                to_host(y, quantise)
 
     step()  # warm-up: allocator, kernels, autocast caches
     n = max(2, math.ceil(frames / batch))
@@ -279,11 +282,13 @@ def naive(cfg: ExtractConfig, bb: Backbone, requests: list, out: Path) -> dict[s
     for item in items:
         arrays: dict[str, np.ndarray] = {}
         with decode.open_video(sources.open_bytes(item), backend=job.decoder, name=item.path) as reader:
-            plans, first = plan_views(job, reader, item)
+            plans, first = plan_item(job, reader, item)
             for p in plans:
                 raw = reader.get_frames((p.frame_indices + first).tolist())  # [n, H, W, 3] uint8
-                x = prepare_frames(job, raw, p)  # [n, 3, S, S] float32
-                for name, y in bb.forward_tensors(x.to(bb.device), requests).items():
+                x = job.pre(raw, p.crop)  # [n, 3, S, S] float32
+                with torch.inference_mode():
+                    out = bb.forward_tensors(x.to(bb.device), requests)
+                for name, y in out.items():
                     host = to_host(y, quantise)
                     arrays |= (
                         {f"v{p.view}/{name}.scale": host[1], f"v{p.view}/{name}": host[0]}

@@ -27,18 +27,18 @@ import torch
 import torch.nn.functional as F
 
 from stages.core.config import load_config
-from stages.extract import decode
 from stages.extract.config import ExtractConfig
-from stages.extract.sources import VideoItem
 from stages.extract.stage import decode_job, parse_requests, run_extract
-from stages.extract.worker import DecodeJob, plan_views, prepare_frames
+from stages.extract.worker import DecodeJob, plan_item
 from stages.models import build_backbone
-from stages.synth import generate
 from stages.train.config import TrainConfig
 from stages.train.data import split_ids
 from stages.train.heads import build_head
 from stages.train.loop import lr_at
 from stages.train.stage import run_train
+from stages.video import decode
+from stages.video.sources import VideoItem
+from stages.video.synth import generate
 from store import FeatureStore
 
 
@@ -50,8 +50,8 @@ def clip_frames(job: DecodeJob, path: str, key: str) -> torch.Tensor:
     """Decode and preprocess one clip with stage one's own sampling and preprocessing: [T, 3, S, S]."""
     item = VideoItem(id=key, path=path, label=None)
     with decode.open_video(path) as reader:
-        plan = plan_views(job, reader, item)[0][0]
-        return prepare_frames(job, reader.get_frames(plan.frame_indices.tolist()), plan)
+        plan = plan_item(job, reader, item)[0][0]
+        return job.pre(reader.get_frames(plan.frame_indices.tolist()), plan.crop)
 
 
 def on_the_fly(
@@ -78,12 +78,17 @@ def on_the_fly(
 
     def features(ids: list[str], split: str, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         clips = [
-            clip_frames(replace(job, split=split, seed=epoch, temporal_views=1), store.video(i).source, i)
+            clip_frames(
+                replace(job, sampling=replace(job.sampling, split=split, seed=epoch, temporal_views=1)),
+                store.video(i).source,
+                i,
+            )
             for i in ids
         ]
         x = torch.stack(clips).to(device)  # [B, T, 3, S, S]
         b, t = x.shape[:2]
-        out = backbone.forward_tensors(x.flatten(0, 1), requests)  # {name: [B*T, ...]}
+        with torch.inference_mode():
+            out = backbone.forward_tensors(x.flatten(0, 1), requests)  # {name: [B*T, ...]}
         feats = {k: v.float().clone().view(b, t, *v.shape[1:]) for k, v in out.items()}  # [B, T, ...]
         labels = torch.tensor([store.video(i).label for i in ids], device=device)
         return feats, labels

@@ -14,7 +14,10 @@ from collections.abc import Callable
 
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("stages.synth", "write a labelled synthetic video dataset (appearance, direction, longrange)"),
+    "synth": (
+        "stages.video.synth",
+        "write a labelled synthetic video dataset (appearance, direction, longrange)",
+    ),
     "extract": ("stages.extract.stage", "stage one: run a frozen backbone over videos into a feature store"),
     "train": ("stages.train.stage", "stage two: train a temporal head from a feature store"),
     "eval": ("stages.train.evaluate", "evaluate a checkpoint on a feature store"),

@@ -184,7 +184,7 @@ def dashboard_line(client: Client, local: bool) -> str:
 # -- the driver -------------------------------------------------------------------------------------
 def run_cluster(cfg: ExtractConfig) -> int:
     """Extract ``cfg.source`` on the configured dask cluster; returns the exit status (0 = success)."""
-    from stages.extract import sources
+    from stages.video import sources
     from store import set_complete
 
     t0 = time.perf_counter()

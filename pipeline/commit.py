@@ -57,7 +57,7 @@ def check_parts(parts: list[str], locks: dict[str, dict[str, Any]]) -> list[str]
 
 def missing_videos(fs: FeatureStore, source: str | None, classes: list[str] | None) -> list[str] | None:
     """Ids of the store's source list that are neither committed nor recorded failed (None: unreadable)."""
-    from stages.extract import sources
+    from stages.video import sources
 
     try:
         items, _ = sources.read_source(source or "", classes=classes)

@@ -148,7 +148,7 @@ def run_dataset(p: Plan) -> list[dict[str, Any]]:
     from store import FeatureStore
 
     if p.dataset.synth and not (p.root / "data" / "labels.csv").exists():
-        from stages.synth import generate
+        from stages.video.synth import generate
 
         s = p.dataset.synth
         generate(

@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def direction_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 lossless 64x64 `direction` videos (4 classes, 24 frames): the labels need temporal order."""
-    from stages.synth import generate
+    from stages.video.synth import generate
 
     out = tmp_path_factory.mktemp("direction")
     generate(out, task="direction", videos=12, seed=0, size=64, frames=24, fps=8.0)
@@ -37,7 +37,7 @@ def direction_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def appearance_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 lossless 64x64 `appearance` videos (4 classes, 16 frames)."""
-    from stages.synth import generate
+    from stages.video.synth import generate
 
     out = tmp_path_factory.mktemp("appearance")
     generate(out, task="appearance", videos=8, seed=1, size=64, frames=16, fps=8.0)

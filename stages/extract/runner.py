@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from stages.core.errors import TwostageError
-from stages.extract import sources
 from stages.extract.worker import DecodeJob, worker_main
 from stages.models import Backbone, TensorRequest
+from stages.video import sources
 from store import PartWriter, VideoEntry, ViewRows, codecs
 
 
@@ -132,7 +132,8 @@ class Extractor:
     def _queue_size(self) -> int:
         """Messages in flight: room for two device batches of frame chunks, plus info/done messages.
         A bound in messages rather than frames starved the device of full batches (benchmarks/extract.py)."""
-        chunk = max(1, min(self.job.chunk, self.job.frames if self.job.mode == "clips" else self.job.chunk))
+        s = self.job.sampling
+        chunk = max(1, min(self.job.chunk, s.frames if s.mode == "clips" else self.job.chunk))
         return 4 * self.workers + 3 * -(-2 * self.batch_frames // chunk)
 
     def _spawn(self, ctx: Any) -> tuple[Any, Any, Any]:

@@ -15,11 +15,13 @@ from typing import Any
 from pipeline.cluster import expand_shorthand
 from stages.core.config import load_config, to_dict
 from stages.core.errors import ConfigError
-from stages.extract import sources
 from stages.extract.config import ExtractConfig
 from stages.extract.runner import Extractor, Stats
 from stages.extract.worker import DecodeJob
 from stages.models import Backbone, TensorRequest, build_backbone
+from stages.video import sources
+from stages.video.preprocess import Preprocessing
+from stages.video.sampling import Sampling
 from store import (
     FeatureStore,
     PartWriter,
@@ -67,15 +69,7 @@ def build_spec(
         for r in requests
     )
     bb = backbone.spec
-    preprocessing = {
-        "input_size": bb["input_size"],
-        "short_side": cfg.sampling.short_side or bb["input_size"],
-        "mean": bb["mean"],
-        "std": bb["std"],
-        "interpolation": bb["interpolation"],
-        "resize": "aspect-preserving short side, then crop",
-        "dtype_in": "float16",
-    }
+    preprocessing = preprocessing_of(cfg, backbone).to_json()
     return StoreSpec(
         backbone=bb,
         preprocessing=preprocessing,
@@ -92,23 +86,21 @@ def build_spec(
     )
 
 
+def preprocessing_of(cfg: ExtractConfig, backbone: Backbone) -> Preprocessing:
+    """The one place stage one derives its preprocessing: the backbone's spec + ``sampling.short_side``."""
+    return Preprocessing.from_backbone(backbone.spec, cfg.sampling.short_side)
+
+
 def decode_job(cfg: ExtractConfig, backbone: Backbone) -> DecodeJob:
-    s, bb = cfg.sampling, backbone.spec
-    return DecodeJob(
-        mode=s.mode,
-        frames=s.frames,
-        stride=s.stride,
-        temporal_views=s.temporal_views,
-        spatial_views=s.spatial_views,
-        split=s.split,
-        target_fps=s.target_fps,
-        max_frames=s.max_frames,
-        size=bb["input_size"],
-        short_side=s.short_side or bb["input_size"],
-        interpolation=bb["interpolation"],
-        mean=tuple(bb["mean"]),
-        std=tuple(bb["std"]),
+    s = cfg.sampling
+    sampling = Sampling(
+        mode=s.mode, frames=s.frames, stride=s.stride, temporal_views=s.temporal_views,
+        spatial_views=s.spatial_views, split=s.split, target_fps=s.target_fps, max_frames=s.max_frames,
         seed=cfg.run.seed,
+    )  # fmt: skip
+    return DecodeJob(
+        sampling=sampling,
+        pre=preprocessing_of(cfg, backbone),
         decoder=cfg.run.decoder,
         chunk=min(32, cfg.backbone.batch_frames),
     )

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from stages.extract import decode, sampling, sources
+from stages.video import decode, sources
+from stages.video.preprocess import Preprocessing
+from stages.video.sampling import Sampling, ViewPlan, plan_views
 from store.locks import pid_alive
 
 
@@ -30,72 +32,18 @@ from store.locks import pid_alive
 class DecodeJob:
     """What a worker needs to turn one video into preprocessed frames (plain, picklable values)."""
 
-    mode: str  # "clips" | "dense"
-    frames: int
-    stride: int
-    temporal_views: int
-    spatial_views: int
-    split: str
-    target_fps: float | None
-    max_frames: int | None
-    size: int
-    short_side: int
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    seed: int
-    decoder: str
+    sampling: Sampling
+    pre: Preprocessing
+    decoder: str  # auto | decord | pyav
     chunk: int  # frames per message
 
 
-def plan_views(job: DecodeJob, reader: Any, item: sources.VideoItem) -> tuple[list[sampling.ViewPlan], int]:
-    """Views of one video, and the first source frame of its [start, end] trim window."""
-    info = reader.info
-    first = 0 if item.start is None else max(0, int(item.start * info.fps))
-    last = info.num_frames if item.end is None else min(info.num_frames, int(np.ceil(item.end * info.fps)))
-    n = max(1, last - first)
-    hw = (info.height, info.width)
-    if job.mode == "dense":
-        t = np.asarray(reader.timestamps(list(range(first, first + n))), np.float64)
-        plans = sampling.plan_dense(
-            n,
-            info.fps,
-            target_fps=job.target_fps,
-            size=job.size,
-            short_side=job.short_side,
-            frame_hw=hw,
-            max_frames=job.max_frames,
-            timestamps=t - t[0],
-        )  # real pts: variable frame rate sampled by time
-    else:
-        plans = sampling.plan_clips(
-            n,
-            info.fps,
-            frames=job.frames,
-            stride=job.stride,
-            temporal_views=job.temporal_views,
-            spatial_views=job.spatial_views,
-            mode=job.split,
-            size=job.size,
-            short_side=job.short_side,
-            frame_hw=hw,
-            seed=job.seed,
-            video_key=item.id,
-        )
-    return plans, first
-
-
-def prepare_frames(job: DecodeJob, frames: np.ndarray, plan: sampling.ViewPlan) -> Any:
-    """Decoded uint8 frames [n, H, W, 3] -> backbone input [n, 3, S, S] float32 (resize, crop, normalise)."""
-    return sampling.preprocess(
-        frames,
-        plan,
-        size=job.size,
-        short_side=job.short_side,
-        interpolation=job.interpolation,
-        mean=job.mean,
-        std=job.std,
-    )
+def plan_item(job: DecodeJob, reader: Any, item: sources.VideoItem) -> tuple[list[ViewPlan], int]:
+    """Views of one opened video (within its trim window), and the window's first source frame."""
+    return plan_views(
+        job.sampling, reader, size=job.pre.size, short_side=job.pre.short_side, video_key=item.id,
+        start=item.start, end=item.end,
+    )  # fmt: skip
 
 
 def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any) -> None:
@@ -113,7 +61,7 @@ def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any
 def _decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any, progress: dict) -> None:
     with decode.open_video(sources.open_bytes(item), backend=job.decoder, name=item.path) as reader:
         progress["stage"] = "sample"
-        plans, first = plan_views(job, reader, item)
+        plans, first = plan_item(job, reader, item)
         views = [
             {
                 "view": p.view,
@@ -147,7 +95,7 @@ def _decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: An
                 frames = reader.get_frames(idx.tolist())
                 times = reader.timestamps(idx.tolist())
                 progress["stage"] = "preprocess"
-                x = prepare_frames(job, frames, p)
+                x = job.pre(frames, p.crop)
                 x = x.numpy().astype(np.float16)  # halves the bytes crossing the process boundary
                 send(
                     (

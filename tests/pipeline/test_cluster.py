@@ -34,7 +34,7 @@ VIDEOS = 8
 # -- fixtures and helpers ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stages.synth import generate
+    from stages.video.synth import generate
 
     out = tmp_path_factory.mktemp("cluster_videos")
     generate(out, task="direction", videos=VIDEOS, seed=0, size=64, frames=16)
@@ -153,8 +153,8 @@ def test_default_parts(workers: int, parts: int | None, videos: int, expected: i
 
 
 def test_plan_parts_is_the_part_split_and_skips_committed(videos: Path) -> None:
-    from stages.extract import sources
     from stages.extract.stage import select_part
+    from stages.video import sources
 
     items, _ = sources.read_source(str(videos / "labels.csv"))
     plan = cluster.plan_parts(items, set(), 3)

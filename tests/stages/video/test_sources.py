@@ -1,4 +1,4 @@
-"""Tests for the video sources of stage one (stages/extract/sources.py)."""
+"""Tests for the video sources of stage one (stages/video/sources.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from stages import synth
 from stages.core.errors import InvalidIdError, LabelError, SourceError
-from stages.extract.sources import VideoItem, open_bytes, read_source, validate_id
+from stages.video import synth
+from stages.video.sources import VideoItem, open_bytes, read_source, validate_id
 
 
 @pytest.fixture(scope="module")

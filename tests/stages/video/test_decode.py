@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from stages.core.errors import DecodeError, RegistryError
-from stages.extract import decode
-from stages.extract.decode import DECODERS, VideoReader, open_video
-from tests.stages.badvideos import (
+from stages.video import decode
+from stages.video.decode import DECODERS, VideoReader, open_video
+from tests.stages.video.badvideos import (
     CORPUS_NAMES,
     DECODES,
     FAILS,

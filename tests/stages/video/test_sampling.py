@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from stages.core.errors import ConfigError
-from stages.extract.sampling import (
-    SAMPLERS,
+from stages.video.preprocess import preprocess
+from stages.video.sampling import (
     ViewPlan,
     plan_clips,
     plan_dense,
-    preprocess,
     resized_hw,
     stable_seed,
 )
@@ -48,11 +47,6 @@ def clips(
         seed=seed,
         video_key=key,
     )
-
-
-def test_registry_names():
-    assert SAMPLERS.names() == ["clips", "dense"]
-    assert SAMPLERS.get("clips") is plan_clips
 
 
 def test_single_test_view_is_centred_with_stride():
@@ -190,7 +184,9 @@ def test_preprocess_constant_colour_maps_to_normalised_value(interpolation):
     frames = np.empty((3, 240, 320, 3), np.uint8)
     frames[...] = (200, 100, 30)
     (plan,) = clips(hw=(240, 320), short=256)
-    out = preprocess(frames, plan, size=224, short_side=256, interpolation=interpolation, mean=MEAN, std=STD)
+    out = preprocess(
+        frames, plan.crop, size=224, short_side=256, interpolation=interpolation, mean=MEAN, std=STD
+    )
     assert out.dtype == torch.float32 and out.shape == (3, 3, 224, 224)
     expected = (torch.tensor([200, 100, 30]) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
     torch.testing.assert_close(out.mean(dim=(0, 2, 3)), expected, atol=1e-4, rtol=0)
@@ -202,7 +198,9 @@ def test_three_crops_see_left_centre_and_right():
     frames[:, :, 100:] = 255  # left half black, right half white
     plans = clips(hw=(100, 200), s=3, size=64, short=64)  # resized 64x128
     outs = [
-        preprocess(frames, p, size=64, short_side=64, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1))
+        preprocess(
+            frames, p.crop, size=64, short_side=64, interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1)
+        )
         for p in plans
     ]
     assert outs[0][..., :60].max() < 0.01 and outs[2][..., 4:].min() > 0.99  # antialias blurs the edge (x=64)
@@ -215,12 +213,18 @@ def test_preprocess_rejects_mismatched_inputs():
     frames = np.zeros((1, 32, 32, 3), np.uint8)
     with pytest.raises(ConfigError, match="interpolation must be one of"):
         preprocess(
-            frames, _plan((0, 0, 16, 16)), size=16, short_side=16, interpolation="lanczos", mean=MEAN, std=STD
+            frames,
+            _plan((0, 0, 16, 16)).crop,
+            size=16,
+            short_side=16,
+            interpolation="lanczos",
+            mean=MEAN,
+            std=STD,  # fmt: skip
         )
     with pytest.raises(ValueError, match="does not fit"):
         preprocess(
             frames,
-            _plan((10, 0, 16, 16)),
+            _plan((10, 0, 16, 16)).crop,
             size=16,
             short_side=16,
             interpolation="bilinear",
@@ -230,7 +234,7 @@ def test_preprocess_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="expected uint8 frames"):
         preprocess(
             frames.astype(np.float32),
-            _plan((0, 0, 16, 16)),
+            _plan((0, 0, 16, 16)).crop,
             size=16,
             short_side=16,
             interpolation="bilinear",
@@ -244,7 +248,7 @@ def test_preprocess_without_resize_is_an_exact_crop():
     frames = rng.integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
     out = preprocess(
         frames,
-        _plan((0, 5, 24, 24)),
+        _plan((0, 5, 24, 24)).crop,
         size=24,
         short_side=24,
         interpolation="bicubic",
@@ -264,8 +268,8 @@ def test_resize_matches_pil_like_open_clip_transform(interpolation):
     resample = {"bicubic": image_mod.BICUBIC, "bilinear": image_mod.BILINEAR}[interpolation]
     reference = np.asarray(image_mod.fromarray(smooth).resize((85, 64), resample))  # PIL takes (w, h)
     plan = _plan((0, 0, 64, 64))
-    out = preprocess(smooth[None], plan, size=64, short_side=64, interpolation=interpolation, mean=(0, 0, 0),
-                     std=(1, 1, 1))  # fmt: skip
+    out = preprocess(smooth[None], plan.crop, size=64, short_side=64, interpolation=interpolation,
+                     mean=(0, 0, 0), std=(1, 1, 1))  # fmt: skip
     ours = out[0].permute(1, 2, 0).numpy() * 255  # [64, 64, 3]
     assert np.abs(ours - reference[:, :64]).max() <= 2.01
 
@@ -275,5 +279,5 @@ def test_preprocess_accepts_tensors_like_arrays():
     (plan,) = clips(hw=(30, 50), size=16, short=20)
     kwargs = dict(size=16, short_side=20, interpolation="bicubic", mean=MEAN, std=STD)
     torch.testing.assert_close(
-        preprocess(torch.from_numpy(frames), plan, **kwargs), preprocess(frames, plan, **kwargs)
+        preprocess(torch.from_numpy(frames), plan.crop, **kwargs), preprocess(frames, plan.crop, **kwargs)
     )

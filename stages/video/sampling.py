@@ -1,10 +1,10 @@
-"""Frame sampling plans and pixel preprocessing (pure numpy/torch, no file I/O).
+"""Clip planning: which frames of a video to take, and where to crop them (pure numpy, no file I/O).
 
     (num_frames, fps, frame_hw) --plan_clips / plan_dense--> [ViewPlan: frame indices, padding, crop]
-    decoder.get_frames(plan.frame_indices)  uint8 [T, H, W, 3]
-        --preprocess--> resize (short side) -> crop size x size -> normalise   float32 [T, 3, size, size]
+    reader.get_frames(plan.frame_indices)  uint8 [T, H, W, 3]  --Preprocessing (preprocess.py)-->  pixels
 
-Two samplers, registered in ``SAMPLERS``:
+:func:`plan_views` plans the views of one opened video from a :class:`Sampling` (its trim window
+included). Two samplers:
 
 - ``clips``: T frames at a fixed stride; ``temporal_views x spatial_views`` views per video. Test mode
   spreads clip starts uniformly (segment centres; one view = centred) and crops left/centre/right along
@@ -24,16 +24,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from stages.core.errors import ConfigError
-from stages.core.registry import Registry
-
-SAMPLERS = Registry("sampler")
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+from stages.core.errors import ConfigError, SourceError
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,6 @@ def _check(num_frames: int, size: int, short_side: int, **positive: int) -> None
         raise ValueError(f"cannot sample a video with {num_frames} frames; expected at least 1")
 
 
-@SAMPLERS.register("clips")
 def plan_clips(
     num_frames: int,
     fps: float,
@@ -151,7 +145,6 @@ def plan_clips(
     return plans
 
 
-@SAMPLERS.register("dense")
 def plan_dense(
     num_frames: int,
     fps: float,
@@ -191,63 +184,77 @@ def plan_dense(
         idx = np.where(nearer_left, left, right).clip(0, num_frames - 1).astype(np.int64)  # [K]
     if max_frames is not None:
         idx = idx[:max_frames]
-    rh, rw = resized_hw(frame_hw, short_side)
-    crop = (float((rh - size) // 2), float((rw - size) // 2), float(size), float(size))
+    crop = centre_crop(frame_hw, size, short_side)
     return [ViewPlan(0, idx, np.zeros(idx.shape, dtype=bool), crop, 0, 0)]
 
 
-def preprocess(
-    frames: np.ndarray | torch.Tensor,
-    plan: ViewPlan,
+@dataclass(frozen=True)
+class Sampling:
+    """How frames are taken from each video (plain, picklable values; the extract config's ``sampling``)."""
+
+    mode: str = "clips"  # "clips" | "dense"
+    frames: int = 8
+    stride: int = 2
+    temporal_views: int = 1
+    spatial_views: int = 1
+    split: str = "test"  # clips: "test" (spread, centred) | "train" (seeded random start and crop)
+    target_fps: float | None = None  # dense
+    max_frames: int | None = None  # dense
+    seed: int = 0
+
+
+def plan_views(
+    sampling: Sampling,
+    reader: Any,
     *,
     size: int,
     short_side: int,
-    interpolation: str,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> torch.Tensor:
-    """uint8 RGB frames [n, H, W, 3] -> float32 [n, 3, size, size]: resize, crop ``plan.crop``, normalise.
+    video_key: str,
+    start: float | None = None,
+    end: float | None = None,
+) -> tuple[list[ViewPlan], int]:
+    """Views of one opened video (``reader.info``, ``reader.timestamps``) within its ``[start, end]`` trim
+    window in seconds, and the first source frame of that window (plans count from it)."""
+    info = reader.info
+    first, n = trim_window(info, start, end)
+    hw = (info.height, info.width)
+    s = sampling
+    if s.mode == "dense":
+        t = np.asarray(reader.timestamps(list(range(first, first + n))), np.float64)
+        plans = plan_dense(
+            n,
+            info.fps,
+            target_fps=s.target_fps,
+            size=size,
+            short_side=short_side,
+            frame_hw=hw,
+            max_frames=s.max_frames,
+            timestamps=t - t[0],
+        )  # fmt: skip  (real pts: variable frame rate sampled by time)
+    else:
+        plans = plan_clips(
+            n, info.fps, frames=s.frames, stride=s.stride, temporal_views=s.temporal_views,
+            spatial_views=s.spatial_views, mode=s.split, size=size, short_side=short_side, frame_hw=hw,
+            seed=s.seed, video_key=video_key,
+        )  # fmt: skip
+    return plans, first
 
-    The resize keeps the aspect ratio (short side -> ``short_side``) and antialiases for bilinear and
-    bicubic. On CPU it runs on uint8 (torch's fast channels-last path, within 1-2 levels of PIL, which
-    open_clip's own transform uses); on other devices in float, clamped to [0, 1]. Frames may be a
-    numpy array or a uint8 tensor on any device; the output is on the same device.
-    """
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(
-            f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}", source="(preprocess)"
+
+def trim_window(info: Any, start: float | None, end: float | None) -> tuple[int, int]:
+    """First source frame and frame count (>= 1) of the ``[start, end]`` window (seconds) of a video whose
+    reader reports ``info.fps`` and ``info.num_frames``."""
+    first = 0 if start is None else max(0, int(start * info.fps))
+    last = info.num_frames if end is None else min(info.num_frames, int(np.ceil(end * info.fps)))
+    if first >= info.num_frames:
+        duration = info.num_frames / info.fps if info.fps > 0 else float("nan")
+        raise SourceError(
+            f"trim window start={start} s is at or past the video's end ({info.num_frames} frames, "
+            f"{duration:.2f} s); fix the start/end columns of the source list"
         )
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.require(frames, requirements=["W"]))  # copies only read-only arrays
-    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames [n, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-    n, h, w, _ = frames.shape
-    rh, rw = resized_hw((h, w), short_side)
-    y0, x0, ch, cw = (int(round(v)) for v in plan.crop)
-    if y0 < 0 or x0 < 0 or y0 + ch > rh or x0 + cw > rw or (ch, cw) != (size, size):
-        raise ValueError(
-            f"crop {plan.crop} does not fit a {rh}x{rw} resized frame with size {size}; "
-            "plan and preprocess need the same size, short_side and frame size"
-        )
-    x = _resize(frames.permute(0, 3, 1, 2), (rh, rw), interpolation)  # [n, 3, rh, rw] float in [0, 1]
-    x = x[:, :, y0 : y0 + size, x0 : x0 + size]  # [n, 3, size, size]
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-    return ((x - m) / s).contiguous()  # [n, 3, size, size]
+    return first, max(1, last - first)
 
 
-def _resize(x: torch.Tensor, hw: tuple[int, int], interpolation: str) -> torch.Tensor:
-    """uint8 [n, 3, H, W] -> float32 [n, 3, *hw] in [0, 1] (no-op resize when the size already fits)."""
-    if tuple(x.shape[-2:]) == hw:
-        return x.float().div_(255.0)
-    aa = interpolation != "nearest"  # antialias, like PIL, when shrinking with bilinear/bicubic
-    kwargs = {"mode": interpolation, "antialias": aa, "align_corners": False if aa else None}
-    if x.device.type == "cpu":
-        try:  # 5-10x faster than float on CPU, and rounds to uint8 as PIL does
-            return (
-                F.interpolate(x.contiguous(memory_format=torch.channels_last), size=hw, **kwargs).float()
-                / 255
-            )
-        except (RuntimeError, NotImplementedError):  # an older torch without this uint8 kernel
-            pass
-    return F.interpolate(x.float().div_(255.0), size=hw, **kwargs).clamp_(0.0, 1.0)
+def centre_crop(frame_hw: tuple[int, int], size: int, short_side: int) -> tuple[float, float, float, float]:
+    """The centre ``size x size`` crop ``(y0, x0, h, w)`` of a frame resized to ``short_side``."""
+    rh, rw = resized_hw(frame_hw, short_side)
+    return (float((rh - size) // 2), float((rw - size) // 2), float(size), float(size))

@@ -1,4 +1,4 @@
-"""Tests for the synthetic video generator (stages/synth.py)."""
+"""Tests for the synthetic video generator (stages/video/synth.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import decord
 import numpy as np
 import pytest
 
-from stages import synth
 from stages.core.errors import ConfigError
+from stages.video import synth
 
 
 def decode_pyav(path) -> np.ndarray:

