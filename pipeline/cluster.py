@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # dask and stage one are imported only when a cluster run is 
 
     from stages.extract.config import ClusterConfig, ExtractConfig
 
-SHORTHAND = {"cluster": "cluster.kind", "workers": "cluster.workers"}  # the issue's `cluster=local workers=2`
+SHORTHAND = {"cluster": "cluster.kind", "workers": "cluster.workers"}  # `cluster=local workers=2`
 TASK_PREFIX = "extract-"  # task keys: extract-<part>-<run id>
 NO_DAEMON = {"distributed.worker.daemon": False}  # decode processes are children of the worker process
 POLL_S = 1.0  # progress refresh period; each poll reads the parts' commit logs
@@ -404,9 +404,10 @@ def finish(
     wall_s: float,
 ) -> int:
     """Finalize the store when every part finished, print the summary, write the metrics; exit status."""
+    from pipeline.commands.extract import failure_exit, print_summary
     from stages.core.config import to_dict
     from stages.extract.runner import Stats
-    from stages.extract.stage import print_summary, summary
+    from stages.extract.stage import summary
     from store import finalize
 
     stats = Stats(
@@ -440,6 +441,4 @@ def finish(
         cfg.store.path,
         {"frames_per_s": s["frames_per_s"], "parts": len(results), "cluster": cfg.cluster.kind},
     )
-    from stages.extract.stage import failure_exit
-
-    return failure_exit(stats, cfg, metrics)
+    return failure_exit(s, cfg.run.max_failure_fraction, metrics)

@@ -143,7 +143,8 @@ def store_is_current(extract: Any) -> bool:
 
 
 def run_dataset(p: Plan) -> list[dict[str, Any]]:
-    from stages.extract.stage import print_summary, run_extract, summary
+    from pipeline.commands.extract import print_summary
+    from stages.extract.stage import run_extract, summary
     from stages.train.stage import run_train
     from store import FeatureStore
 

@@ -7,28 +7,35 @@ Write (stage one)::
 Read (stage two, analysis)::
 
     from store import FeatureStore, verify, inspect
+
+The names load lazily, so ``store.errors`` and ``store.contract`` import without zarr (fast ``--help``).
 """
 
-from store.codecs import configure_zarr
-from store.reader import FeatureStore, VideoRecord
-from store.schema import StoreSpec, TensorSpec
-from store.verify import finalize, inspect, verify
-from store.writer import PartWriter, VideoEntry, ViewRows, create_store, set_complete, validate_id
+from __future__ import annotations
 
-configure_zarr()
+import importlib
+from typing import Any
 
-__all__ = [
-    "FeatureStore",
-    "PartWriter",
-    "StoreSpec",
-    "TensorSpec",
-    "VideoEntry",
-    "VideoRecord",
-    "ViewRows",
-    "create_store",
-    "finalize",
-    "inspect",
-    "set_complete",
-    "validate_id",
-    "verify",
-]
+_EXPORTS = {
+    "FeatureStore": "store.reader",
+    "VideoRecord": "store.reader",
+    "StoreSpec": "store.schema",
+    "TensorSpec": "store.schema",
+    "finalize": "store.integrity",
+    "inspect": "store.integrity",
+    "verify": "store.integrity",
+    "PartWriter": "store.writer",
+    "VideoEntry": "store.writer",
+    "ViewRows": "store.writer",
+    "create_store": "store.writer",
+    "set_complete": "store.writer",
+    "validate_id": "store.writer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'store' has no attribute {name!r}")

@@ -131,3 +131,6 @@ def rows_per_shard(row_bytes: int, chunk_rows: int, target_bytes: int, cap: int 
     """Rows per shard (the unit of writing): a multiple of ``chunk_rows`` near ``target_bytes``."""
     chunks = max(1, target_bytes // max(1, row_bytes * chunk_rows))
     return int(min(max(chunk_rows, chunks * chunk_rows), max(chunk_rows, (cap // chunk_rows) * chunk_rows)))
+
+
+configure_zarr()  # every module that touches zarr imports this one first

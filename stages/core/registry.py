@@ -1,7 +1,7 @@
 """One registry pattern for backbones, heads, decoders and samplers.
 
 Example:
-    >>> HEADS = Registry("head")
+    >>> HEADS = Registry("head", list_flag="--list-heads")
     >>> @HEADS.register("linear")
     ... def build_linear(*, dim: int, num_classes: int): ...
     >>> HEADS.get("linear") is build_linear
@@ -27,7 +27,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str, list_flag: str | None = None) -> None:
         self.kind = kind
-        self.list_flag = list_flag or f"--list-{kind}s"
+        self.list_flag = list_flag  # the `twostage` flag that lists the entries, if there is one
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -51,10 +51,12 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise RegistryError(
-                f"unknown {self.kind} {name!r}.{hint} Run `twostage {self.list_flag}` to see all "
-                f"{len(self._entries)} registered {self.kind}s."
-            ) from None
+            listing = (
+                f"Run `twostage {self.list_flag}` to see all {len(self._entries)} registered {self.kind}s."
+                if self.list_flag
+                else f"Registered {self.kind}s: {', '.join(self.names())}."
+            )
+            raise RegistryError(f"unknown {self.kind} {name!r}.{hint} {listing}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -1,8 +1,8 @@
-"""``python -m stages.extract CONFIG [key=value ...]``."""
+"""``python -m stages.extract ...`` is ``twostage extract ...`` (the command line lives in ``pipeline``)."""
 
 import sys
 
-from stages.extract.stage import main
+from pipeline.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(["extract", *sys.argv[1:]])

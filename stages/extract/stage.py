@@ -1,19 +1,16 @@
-"""Stage one entry point: ``python -m stages.extract CONFIG [key=value ...]`` (also ``twostage extract``).
+"""Stage one: ``run_extract(cfg)`` extracts every video of a source list into a feature store.
 
+The command line (``twostage extract``, ``python -m stages.extract``) is ``pipeline/commands/extract.py``.
 Reads top to bottom: config -> source list -> backbone -> store spec -> part writer (skipping committed
 videos) -> overlapped extraction -> finalize -> summary. See ``stages/extract/runner.py`` for the engine.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from pipeline.cluster import expand_shorthand
-from stages.core.config import load_config, to_dict
+from stages.core.config import to_dict
 from stages.core.errors import ConfigError
 from stages.extract.config import ExtractConfig
 from stages.extract.runner import Extractor, Stats
@@ -148,7 +145,7 @@ def run_extract(
     """Extract every video of ``cfg.source`` not yet committed; returns the run's statistics.
 
     ``steal_lock`` takes over the part's LOCK whoever holds it: for a retried cluster task whose writer
-    died on another host (``pipeline/cluster.py`` decides).
+    died on another host (the dask driver decides).
     """
     video_items, classes = sources.read_source(cfg.source, classes=cfg.classes)
     numbers, default_part, coordinator = select_part(video_items, cfg.run.part)
@@ -225,64 +222,3 @@ def summary(stats: Stats) -> dict[str, Any]:
         "write_frames_per_s": rate(stats.write_s),
         "failures": stats.failures,
     }
-
-
-def print_summary(s: dict[str, Any], store: str) -> None:
-    print(
-        f"extracted {s['committed']} videos ({s['frames']} frames) into {store} in {s['wall_s']:.1f} s: "
-        f"{s['frames_per_s']} frames/s, {s['videos_per_s']} videos/s; "
-        f"skipped {s['skipped']} already committed"
-    )
-    print(
-        f"  components (frames per busy second): decode {s['decode_frames_per_busy_s']} (per worker), "
-        f"model {s['model_frames_per_s']}, write {s['write_frames_per_s']}"
-    )
-    if s["failures"]:
-        print(f"  {len(s['failures'])} failed videos:")
-        for f in s["failures"]:
-            print(f"    {f['id']}  {f['path']}  [{f['stage']}] {f['error'].splitlines()[0][:160]}")
-
-
-def failure_exit(stats: Stats, cfg: ExtractConfig, metrics: Path) -> int:
-    """Exit status of a run: 1 when more than ``run.max_failure_fraction`` of its videos failed."""
-    bad = stats.failed / max(1, stats.scheduled)
-    if bad > cfg.run.max_failure_fraction:
-        print(
-            f"error: {stats.failed}/{stats.scheduled} videos failed ({bad:.0%} > run.max_failure_fraction="
-            f"{cfg.run.max_failure_fraction}); see the list above and {metrics}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.extract",
-        description=__doc__.split("\n\n")[0],
-        epilog="Overrides: key=value with dotted keys, e.g. store.dtype=int8 "
-        "backbone.batch_frames=128 sampling.frames=16. "
-        "See configs/extract/ for ready configs.",
-    )
-    parser.add_argument("config", help="YAML config (configs/extract/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    parser.add_argument("--fail-fast", action="store_true", help="stop at the first bad video (debugging)")
-    parser.add_argument("--part", help="I/N: extract part I of N (job arrays); then `twostage commit STORE`")
-    args = parser.parse_args(argv)
-    overrides = (
-        expand_shorthand(args.overrides)
-        + (["run.fail_fast=true"] if args.fail_fast else [])
-        + ([f"run.part={args.part}"] if args.part else [])
-    )
-    cfg = load_config(ExtractConfig, args.config, overrides)
-    if cfg.cluster.kind != "none" and cfg.run.part is None:
-        from pipeline.cluster import run_cluster  # dask is only imported when asked for
-
-        return run_cluster(cfg)
-    stats = run_extract(cfg)
-    s = summary(stats)
-    print_summary(s, cfg.store.path)
-    suffix = "-" + cfg.run.part.replace("/", "of") if cfg.run.part else ""
-    metrics = Path(f"{cfg.store.path.rstrip('/')}.extract{suffix}.json")
-    metrics.write_text(json.dumps(s | {"config": to_dict(cfg)}, indent=2, default=str))
-    return failure_exit(stats, cfg, metrics)

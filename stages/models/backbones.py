@@ -33,7 +33,7 @@ from stages.models.vit import Built
 
 _PREFIXES = ("open_clip:", "timm:")
 Builder = Callable[..., Built]  # builder(*, pretrained: str | None, fetch: bool) -> Built
-BACKBONES: Registry[Builder] = Registry("backbone")
+BACKBONES: Registry[Builder] = Registry("backbone", list_flag="--list-backbones")
 
 
 @contextlib.contextmanager

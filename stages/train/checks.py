@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Any
 
@@ -17,14 +16,12 @@ import torch
 from torch import nn
 
 from stages.core.config import to_dict
-from stages.core.errors import CheckpointError, ConfigError, StoreError, StoreMismatchError
+from stages.core.errors import CheckpointError, StoreError, StoreMismatchError
 from stages.train.config import RESUMABLE_CHANGES, TrainConfig
-from stages.train.heads import HEADS
 from stages.train.outputs import CHECKPOINT_FORMAT
 from store import FeatureStore
 from store.schema import diff, fingerprint
 
-CONTRACT = ("tensors", "backbone", "num_classes", "num_frames", "frozen")  # keywords every builder takes
 MACHINE_KEYS = ("weights_file",)  # backbone keys that name a place, not the features (a moved file is fine)
 
 
@@ -83,21 +80,6 @@ def check_fits(store: FeatureStore, ref: dict[str, Any], *, what: str, error: ty
             + "). Use a store extracted with the same backbone, "
             "classes and tensors (the same extract config)."
         )
-
-
-def head_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``head.options`` checked against the builder's own keywords (all unknown ones reported at once)."""
-    params = inspect.signature(HEADS.get(name)).parameters
-    valid = [p for p in params if p not in CONTRACT]
-    unknown = [k for k in options if k not in valid]
-    if unknown:
-        raise ConfigError(
-            [
-                f"head.options.{k}: head {name!r} has no option {k!r}; its options: {', '.join(valid)}"
-                for k in unknown
-            ]
-        )
-    return dict(options)
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, key: str) -> dict[str, Any]:

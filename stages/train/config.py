@@ -90,11 +90,13 @@ class RunConfig:
     resume: bool = True  # continue from out/last.pt when it exists (same config), else start anew
     log_every: int = 50  # optimizer steps between progress lines on stdout
     plots: bool = True  # write curves.png (loss and accuracy) after every epoch
+    checkpoint_every: int = 0  # also save last.pt every N optimizer steps (long epochs); 0 = epoch ends only
 
     def __post_init__(self) -> None:
-        if self.eval_every < 1 or self.log_every < 1:
+        if self.eval_every < 1 or self.log_every < 1 or self.checkpoint_every < 0:
             raise ValueError(
-                f"eval_every and log_every must be >= 1, got {self.eval_every}, {self.log_every}"
+                f"need eval_every >= 1, log_every >= 1, checkpoint_every >= 0, got {self.eval_every}, "
+                f"{self.log_every}, {self.checkpoint_every}"
             )
 
 
@@ -108,5 +110,5 @@ class TrainConfig:
 
 # Keys that may change between a run and its resumption without changing what is trained.
 RESUMABLE_CHANGES = ("run.resume", "run.log_every", "run.plots", "run.device", "run.out",
-                     "run.allow_incomplete", "data.workers", "data.eval_batch_size", "data.store",
-                     "data.val_store")  # fmt: skip
+                     "run.checkpoint_every", "run.allow_incomplete", "data.workers", "data.eval_batch_size",
+                     "data.store", "data.val_store")  # fmt: skip

@@ -1,20 +1,22 @@
 """Store -> PyTorch datasets: clips cut from stored rows, a stored view per epoch, jitter, token dropout.
 
     FeatureStore + video ids
-      ClipDataset(mode="train"): item i = video i; each epoch: view v(seed, epoch, id), start row o
-        (random within the stored rows with jitter, else centred); rows o + arange(T) * stride
-      ClipDataset(mode="eval"):  item = (video, view, clip k) for every stored view, eval_clips per view
+      ClipDataset(mode="train"): key (epoch, i) = video i in that epoch: view v(seed, epoch, id), start
+        row o (random within the stored rows with jitter, else centred); rows o + arange(T) * stride
+      ClipDataset(mode="eval"):  key i = (video, view, clip k) for every stored view, eval_clips per view
       --__getitems__: one batched store read per batch--> {name: [B, T, *shape]}, labels [B], video [B]
+    EpochLoader: batches(epoch, start) -> this process's batches of an epoch, from batch `start` on
 
 A stride counts stored rows: a view of 8 stored rows gives T=8 stride 1, T=4 stride 2 or 3, T=2 stride
-up to 7. Every random choice is a function of (seed, epoch, video id) alone, so a batch is the same
-whatever the loader workers, the batch size or the process that reads it.
+up to 7. Every random choice is a function of (seed, epoch, video id) alone, and the epoch travels with
+each key, so a batch is the same whatever the loader workers, the batch size or the process that reads
+it, and an epoch can restart at any batch (exact resume mid-epoch).
 
 Example:
     >>> fs = FeatureStore("runs/tiny.zarr")                                   # doctest: +SKIP
     >>> train_ids, val_ids = split_ids(fs, val_fraction=0.2)                  # doctest: +SKIP
     >>> ds = ClipDataset(fs, train_ids, 8, 1, "train", tensors=["final.cls"])  # doctest: +SKIP
-    >>> ds.set_epoch(3); batch = collate_clips(ds.__getitems__([0, 1]))       # doctest: +SKIP
+    >>> batch = collate_clips(ds.__getitems__([(3, 0), (3, 1)]))              # doctest: +SKIP
     >>> batch["feats"]["final.cls"].shape                                     # doctest: +SKIP
     torch.Size([2, 8, 512])
 """
@@ -144,7 +146,6 @@ class ClipDataset(Dataset):
         self._keys = [zlib.crc32(v.encode()) for v in self.ids]  # stable per-video seed part
         self._kinds = {t.name: (t.kind, t.shape) for t in store.spec.tensors if t.name in self.tensors}
         self.items = self._eval_items(eval_clips) if mode == "eval" else []
-        self.epoch = 0
 
     def _eval_items(self, eval_clips: int) -> list[tuple[int, int, int]]:
         span, items = clip_span(self.frames, self.stride), []
@@ -153,28 +154,25 @@ class ClipDataset(Dataset):
                 items += [(i, view, s) for s in spread_starts(max(n - span, 0), eval_clips)]
         return items
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's views, starts and dropout masks (call before creating the loader iterator)."""
-        self.epoch = int(epoch)
-
     def __len__(self) -> int:
         return len(self.items) if self.mode == "eval" else len(self.ids)
 
-    def _rng(self, i: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, self._keys[i], stream])
+    def _rng(self, epoch: int, i: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, self._keys[i], stream])
 
-    def clip(self, index: int) -> tuple[int, int, np.ndarray]:
-        """(video number, view, row indices [T]) of item ``index`` this epoch."""
+    def clip(self, key: Key) -> tuple[int, int, np.ndarray]:
+        """(video number, view, row indices [T]) of ``key``: ``(epoch, item)`` or an item number."""
+        epoch, index = split_key(key)
         if self.mode == "eval":
             i, view, start = self.items[index]
             n = self.store.video(self.ids[i]).views[view][1]
             return i, view, clip_rows(n, self.frames, self.stride, start)
-        rec, rng = self.store.video(self.ids[index]), self._rng(index, 0)
+        rec, rng = self.store.video(self.ids[index]), self._rng(epoch, index, 0)
         views = sorted(rec.views)
         if self.views == "random":
             view = views[int(rng.integers(len(views)))]
         elif self.views == "cycle":
-            view = views[(self.epoch + self._keys[index]) % len(views)]
+            view = views[(epoch + self._keys[index]) % len(views)]
         else:
             view = views[0]
         n = rec.views[view][1]
@@ -182,23 +180,23 @@ class ClipDataset(Dataset):
         start = int(rng.integers(slack + 1)) if self.jitter else slack // 2
         return index, view, clip_rows(n, self.frames, self.stride, start)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        batch = self.__getitems__([index])
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        batch = self.__getitems__([key])
         return {
             "feats": {k: v[0] for k, v in batch["feats"].items()},
             "label": batch["label"][0],
             "video": batch["video"][0],
         }
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+    def __getitems__(self, keys: Sequence[Key]) -> dict[str, Any]:
         """A whole batch in one store read: ``{"feats": {name: [B, T, ...]}, "label": [B], "video": [B]}``."""
-        clips = [self.clip(int(k)) for k in indices]
+        clips = [self.clip(k) for k in keys]
         feats = self.store.read_clips(
             [(self.ids[i], view, rows) for i, view, rows in clips], tensors=self.tensors, dtype=np.float16
         )
         if self.mode == "train" and self.token_dropout > 0:
-            for b, (i, _, _) in enumerate(clips):
-                self._drop_tokens(feats, b, self._rng(i, 1))
+            for b, ((i, _, _), key) in enumerate(zip(clips, keys, strict=True)):
+                self._drop_tokens(feats, b, self._rng(split_key(key)[0], i, 1))
         videos = np.array([i for i, _, _ in clips], dtype=np.int64)
         return {"feats": feats, "label": self.labels[videos], "video": videos}
 
@@ -232,8 +230,19 @@ def collate_clips(batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any
     }
 
 
-class EpochSampler(Sampler[int]):
-    """This process's share of a seeded per-epoch permutation (train) or of the items in order (eval).
+Key = int | tuple[int, int]  # an item number, or (epoch, item number)
+
+
+def split_key(key: Key) -> tuple[int, int]:
+    """``(epoch, item)`` of a dataset key; a bare item number is epoch 0."""
+    if isinstance(key, (tuple, list)):
+        return int(key[0]), int(key[1])
+    return 0, int(key)
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This process's share of a seeded per-epoch permutation (train) or of the items in order (eval),
+    as ``(epoch, item)`` keys, optionally from a position on (``start``: items to skip).
 
     Unlike ``DistributedSampler`` it never repeats items: an evaluation sees every clip exactly once
     across processes. Shuffled (training) shares are made equal by leaving out the last ``size % world``
@@ -242,34 +251,53 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0, world: int = 1) -> None:
         self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch`` next, skipping this process's first ``start`` items."""
+        self.epoch, self.start = int(epoch), int(start)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.size, generator=g).tolist()
-            order = order[: len(self) * self.world]  # equal shares: DDP processes step together
+            order = order[: self.full_length() * self.world]  # equal shares: DDP processes step together
         else:
             order = list(range(self.size))
-        return iter(order[self.rank :: self.world])
+        return iter([(self.epoch, i) for i in order[self.rank :: self.world][self.start :]])
 
-    def __len__(self) -> int:
+    def full_length(self) -> int:
+        """Items this process takes in a whole epoch."""
         return self.size // self.world if self.shuffle else len(range(self.rank, self.size, self.world))
 
+    def __len__(self) -> int:
+        return max(0, self.full_length() - self.start)
 
-def make_loader(
-    dataset: ClipDataset, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0, rank: int = 0,
-    world: int = 1, pin_memory: bool = False,
-) -> DataLoader:  # fmt: skip
-    """Batches of ``dataset`` for this process: one batched store read each, ``workers`` reading ahead.
 
-    Call ``loader.sampler.set_epoch(e)`` and ``dataset.set_epoch(e)`` before iterating epoch ``e``.
+class EpochLoader:
+    """Batches of a dataset for this process, epoch by epoch, restartable at any batch.
+
+    ``len(loader)`` is the number of batches of a whole epoch; ``loader.batches(epoch, start)`` iterates
+    epoch ``epoch`` from batch ``start`` on (one batched store read each, ``workers`` processes reading
+    ahead). The training loop needs nothing else of its data.
     """
-    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),  # worker seeds: not global RNG
-    )  # fmt: skip
+
+    def __init__(
+        self, dataset: Any, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0,
+        rank: int = 0, world: int = 1, pin_memory: bool = False, collate: Any = None,
+    ) -> None:  # fmt: skip
+        self.dataset, self.batch_size = dataset, batch_size
+        self.sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world)
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=collate or collate_clips, pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(seed),  # worker seeds: not the global RNG
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return -(-self.sampler.full_length() // self.batch_size)
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Any]:
+        """Epoch ``epoch``'s batches from batch ``start`` on."""
+        self.sampler.set_epoch(epoch, start * self.batch_size)
+        return iter(self.loader)

@@ -4,7 +4,8 @@
       --> top-1, top-5 (C >= 5), mean class accuracy (video level); val loss (clip level)
 
 ``twostage eval`` rebuilds the head from the checkpoint (name, options, frames), refuses a store whose
-backbone, classes or tensors differ from the ones it was trained on, and evaluates every labelled video.
+backbone, classes or tensors differ from the ones it was trained on, and scores only the videos the
+checkpoint did not train on (their ids are in the checkpoint), unless asked for all of them.
 
 Example:
     twostage eval runs/train/evl_b16/best.pt runs/k400_val_b16_evl.zarr --json
@@ -12,9 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -22,18 +22,18 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
+from stages.core.errors import ConfigError, StoreError
 from stages.train import checks
-from stages.train.data import ClipDataset, make_loader, split_ids
-from stages.train.heads import Head, build_head
+from stages.train.data import ClipDataset, EpochLoader, split_ids
+from stages.train.heads import Head, features_of, head_from_description
 from stages.train.runtime import Dist, autocast, pick_device, to_device
 from store import FeatureStore
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, labels: np.ndarray, num_classes: int, *, device: torch.device,
+    model: nn.Module, loader: Iterable[Any], labels: np.ndarray, num_classes: int, *, device: torch.device,
     bf16: bool, dist: Dist | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Clip softmax averaged over every view of each video, then video metrics (summed over processes)."""
@@ -77,86 +77,81 @@ def video_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
 
 def head_from_checkpoint(ckpt: dict[str, Any], store: FeatureStore, key: str) -> Head:
     """The checkpoint's head, rebuilt for ``store`` (refused unless it fits) with the trained weights."""
-    meta = ckpt["head"]
-    checks.check_checkpoint(ckpt, head=meta["name"], store=store, key=key)
-    head = build_head(
-        meta["name"],
-        tensors={n: t.shape for n, t in store.tensors.items()},
-        backbone=store.backbone,
-        num_classes=meta["num_classes"],
-        num_frames=meta["num_frames"],
-        frozen=store.frozen_weights() if store.spec.frozen else None,
-        **meta["options"],
-    )
+    checks.check_checkpoint(ckpt, head=ckpt["head"]["name"], store=store, key=key)
+    head = head_from_description(ckpt["head"], features_of(store))
     checks.load_weights(head, ckpt["model"], key=key)
     return head
+
+
+def training_ids(ckpt: dict[str, Any], store: FeatureStore) -> set[str]:
+    """Ids of the videos that trained ``ckpt``: recorded in it, or (older checkpoints) re-derived from the
+    id-hash split of its own store, which depends on the ids and ``data.val_fraction`` alone."""
+    recorded = ckpt.get("data", {}).get("train_ids")
+    if recorded is not None:
+        return set(recorded)
+    data = ckpt["config"]["data"]
+    if data.get("val_store") or ckpt["store"]["fingerprint"] != store.spec.fingerprint:
+        return set()  # trained on another store: ids that also appear here are checked by name below
+    return set(split_ids(store, data["val_fraction"])[0])
+
+
+def select_eval_ids(ckpt: dict[str, Any], store: FeatureStore, split: str) -> tuple[list[str], int, str]:
+    """The labelled ids to score, how many of them trained the checkpoint, and a description of the split.
+
+    ``split="heldout"`` keeps only videos the checkpoint did not train on (and refuses when none are left);
+    ``"all"`` keeps every labelled video.
+    """
+    if split not in ("heldout", "all"):
+        raise ConfigError(f"split={split!r}; expected 'heldout' or 'all'")
+    labelled = split_ids(store, 0.0)[0]
+    trained = training_ids(ckpt, store)
+    seen = [v for v in labelled if v in trained]
+    if split == "all":
+        return labelled, len(seen), f"all {len(labelled)} labelled videos ({len(seen)} used in training)"
+    held = [v for v in labelled if v not in trained]
+    if not held:
+        raise StoreError(
+            f"all {len(labelled)} labelled videos of {store.path} were used to train this checkpoint, so "
+            "there is nothing held out to score; evaluate on another store (e.g. the validation split's), "
+            "or pass --split all to score the training videos (not a test score)"
+        )
+    return held, 0, f"held-out videos ({len(held)} of {len(labelled)}; {len(seen)} training videos left out)"
 
 
 def evaluate_checkpoint(
     checkpoint: str,
     store_path: str,
     *,
+    split: str = "heldout",
     batch_size: int = 64,
     workers: int = 2,
     device: str = "auto",
     clips: int | None = None,
     allow_incomplete: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on every labelled video of ``store_path``.
+    """Metrics of ``checkpoint`` on the labelled videos of ``store_path`` it did not train on (``split=
+    "heldout"``), or on all of them (``"all"``: ``training_videos`` says how many trained it).
 
     Raises:
         CheckpointError: not a stage-two checkpoint, or one trained on another backbone/classes/tensors.
-        StoreError: the store is incomplete (unless ``allow_incomplete``); StoreMismatchError: too few rows.
+        StoreError: the store is incomplete (unless ``allow_incomplete``), or nothing is held out;
+            StoreMismatchError: too few rows.
     """
     ckpt = checks.load_checkpoint(checkpoint, key="CHECKPOINT")
     store = checks.open_store(store_path, allow_incomplete=allow_incomplete, key="STORE")
     head = head_from_checkpoint(ckpt, store, key=f"checkpoint {checkpoint}")
+    ids, seen, description = select_eval_ids(ckpt, store, split)
     data = ckpt["config"]["data"]
-    ids = split_ids(store, 0.0)[0]  # every labelled video
-    eval_clips = clips or data["eval_clips"]
     dataset = ClipDataset(store, ids, data["frames"], data["stride"], "eval", head.inputs,
-                          eval_clips=eval_clips, short_videos=data["short_videos"])  # fmt: skip
+                          eval_clips=clips or data["eval_clips"],
+                          short_videos=data["short_videos"])  # fmt: skip
     dev = pick_device(device)
-    loader = make_loader(
-        dataset, batch_size=batch_size, shuffle=False, workers=workers, pin_memory=dev.type == "cuda"
-    )
+    loader = EpochLoader(dataset, batch_size=batch_size, shuffle=False, workers=workers,
+                         pin_memory=dev.type == "cuda")  # fmt: skip
     bf16 = bool(ckpt["config"]["run"]["bf16"])
     metrics = evaluate(
-        head.to(dev), loader, dataset.labels, ckpt["head"]["num_classes"], device=dev, bf16=bf16
+        head.to(dev), loader.batches(), dataset.labels, ckpt["head"]["num_classes"], device=dev, bf16=bf16
     )
     return {"checkpoint": str(checkpoint), "store": store.path, "head": ckpt["head"]["name"],
-            "epoch": ckpt["epoch"], **metrics}  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="twostage eval",
-        description="Evaluate a stage-two checkpoint on every labelled video of a store (softmax averaged "
-        "over all stored views): top-1, top-5, mean class accuracy.",
-        epilog="The store must come from the same backbone, classes and tensors as the checkpoint's "
-        "(the same extract config; other videos, views or splits are fine).",
-    )
-    parser.add_argument("checkpoint", help="a last.pt / best.pt written by `twostage train`")
-    parser.add_argument("store", help="feature store to evaluate on (path or fsspec URL)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default 64)")
-    parser.add_argument("--workers", type=int, default=2, help="loader processes (default 2)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:1...")
-    parser.add_argument(
-        "--clips", type=int, help="clips per stored view (default: the run's data.eval_clips)"
-    )
-    parser.add_argument(
-        "--allow-incomplete", action="store_true", help="evaluate a store still being written"
-    )
-    a = parser.parse_args(argv)
-    m = evaluate_checkpoint(a.checkpoint, a.store, batch_size=a.batch_size, workers=a.workers,
-                            device=a.device, clips=a.clips, allow_incomplete=a.allow_incomplete)  # fmt: skip
-    if a.json:
-        print(json.dumps(m, indent=2, default=str))
-        return 0
-    top5 = "n/a (< 5 classes)" if m["top5"] is None else f"{m['top5']:.4f}"
-    print(f"{m['head']} checkpoint {m['checkpoint']} (epoch {m['epoch']}) on {m['store']}: "
-          f"{m['videos']} videos, {m['clips']} clips")  # fmt: skip
-    print(f"  top-1 {m['top1']:.4f}  top-5 {top5}  mean class accuracy {m['mean_class_acc']:.4f}  "
-          f"loss {m['val_loss']:.4f}")  # fmt: skip
-    return 0
+            "epoch": ckpt["epoch"], "split": split, "split_description": description,
+            "training_videos": seen, **metrics}  # fmt: skip

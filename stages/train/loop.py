@@ -1,15 +1,25 @@
-"""The stage-two training loop, readable top to bottom (nanoGPT style).
+"""The training loop, readable top to bottom (nanoGPT style), for any model that a step function drives.
 
-    setup: model on device (DDP-wrapped under torchrun) -> AdamW -> loaders -> schedule
-    resume: model, optimizer, step, every process's RNG states from run.out/last.pt
-    for each epoch:
-      for each micro-batch: autocast forward -> cross-entropy / group size -> backward
-        every accum_steps micro-batches: lr_at(step) -> clip gradients -> AdamW step
-      every eval_every epochs (and the last): softmax averaged over all views of each video
-      metrics.jsonl line(s), last.pt (+ best.pt), curves.png            [rank 0 only]
+    fit(model, data, optimizer, schedule, step_fn, evaluate, settings, meta):
+      setup: model on device (DDP-wrapped under torchrun)
+      resume: model, optimizer, step, epoch and batch position, step state, every process's RNG states
+      for each epoch (from its saved batch on):
+        for each micro-batch: autocast: (Step(loss, logits, labels), state) = step_fn(model, batch, state)
+          (loss / group size).backward()
+          every accum_steps micro-batches: lr = base_lr x schedule(step) per group -> clip -> step
+            every checkpoint_every steps: last.pt mid-epoch                          [rank 0 only]
+        every eval_every epochs (and the last): evaluate(model)
+        metrics.jsonl line(s), last.pt (+ best.pt), curves.png                       [rank 0 only]
 
-The data pipeline draws nothing from the global RNGs and the schedule is a pure function of the step,
-so a run resumed from ``last.pt`` continues exactly as the uninterrupted run would have.
+What a stage hands in is plain: the model, ``data`` (``len(data)`` batches per epoch,
+``data.batches(epoch, start)``), an optimizer whose parameter groups carry ``base_lr``, a schedule
+``step -> factor``, a step function (batch -> loss, logits, labels; it may carry a state from one step to
+the next, e.g. a memory of earlier chunks), an evaluation function and :class:`LoopSettings`. The loop
+knows nothing of stores, heads or configs.
+
+The data draw nothing from the global RNGs and the schedule is a pure function of the step, so a run
+resumed from ``last.pt`` (saved at an epoch's end or every ``checkpoint_every`` steps) continues exactly
+as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -19,46 +29,92 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from stages.core.config import to_dict
 from stages.train import outputs
-from stages.train.config import TrainConfig
-from stages.train.data import ClipDataset, make_loader
-from stages.train.evaluate import evaluate
-from stages.train.runtime import Dist, autocast, to_device
+from stages.train.runtime import Dist, autocast
+
+
+@dataclass
+class Step:
+    """What a step function returns: the loss to back-propagate and what the metrics need."""
+
+    loss: torch.Tensor  # scalar, float32
+    logits: torch.Tensor  # [B, C]
+    labels: torch.Tensor  # [B]
+
+
+StepFn = Callable[[nn.Module, Any, Any], tuple[Step, Any]]  # (model, batch, state) -> (Step, new state)
+
+
+class EpochData(Protocol):
+    """Training data the loop can restart at any batch."""
+
+    def __len__(self) -> int: ...  # batches in a whole epoch, for this process
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Any]: ...
+
+
+@dataclass
+class LoopSettings:
+    """How the loop runs (plain values; a stage entry point fills them from its config)."""
+
+    out: str  # checkpoints, metrics.jsonl and curves.png go here
+    epochs: int
+    accum_steps: int = 1  # micro-batches per optimizer step
+    clip_grad: float | None = 1.0  # max global gradient norm; None = no clipping
+    bf16: bool = True  # bf16 autocast on CUDA
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    log_every: int = 50  # optimizer steps between progress lines
+    plots: bool = True  # curves.png after every epoch
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
+
+
+def cosine_schedule(warmup_steps: int, total_steps: int, floor: float = 0.0) -> Callable[[int], float]:
+    """Factor of the base LR: linear warmup from ``1 / warmup_steps`` to 1, then a cosine to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if step >= total_steps:
+            return floor
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)  # 0 -> 1
+        return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - floor)
+
+    return factor
 
 
 def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
     """Linear warmup from ``lr / warmup_steps`` up to ``lr``, then cosine to ``min_lr`` at ``total_steps``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if step >= total_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)  # 0 -> 1
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+    return lr * cosine_schedule(warmup_steps, total_steps, min_lr / lr)(step)
+
+
+def param_groups(
+    named: list[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Two AdamW groups at ``base_lr=lr``: matrices (and embeddings) decay; biases, norms and other 1-D
+    parameters do not (as nanoGPT). Frozen parameters are left out."""
+    params = [p for _, p in named if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "base_lr": lr},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "base_lr": lr},
+    ]
 
 
 def make_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], fused: bool = False
+    groups: list[dict[str, Any]], *, betas: tuple[float, float], fused: bool = False
 ) -> torch.optim.AdamW:
-    """AdamW; matrices (and embeddings) decay, biases, norms and other 1-D parameters do not (as nanoGPT)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    """AdamW over parameter groups that each carry their ``base_lr`` (empty groups dropped)."""
+    groups = [g | {"lr": g["base_lr"]} for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, betas=betas, fused=fused)
 
 
 def seed_everything(seed: int) -> None:
@@ -68,164 +124,171 @@ def seed_everything(seed: int) -> None:
 
 
 @dataclass
-class Session:
-    """What one run holds: the (maybe DDP-wrapped) model, optimizer, loaders and schedule."""
+class _Position:
+    """Where a run stands: completed epochs, batches done in the current one, optimizer steps."""
 
-    model: nn.Module
-    raw: nn.Module  # the unwrapped head: what is saved and evaluated
-    optimizer: torch.optim.AdamW
-    loader: DataLoader
-    val_loader: DataLoader | None
-    steps_per_epoch: int
-    lr_fn: Callable[[int], float]
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
 
 
-def start_session(
-    model: nn.Module, train_set: ClipDataset, val_set: ClipDataset | None, cfg: TrainConfig, dist: Dist,
-    device: torch.device,
-) -> Session:  # fmt: skip
-    raw = model.to(device)
-    if dist.active:
-        model = nn.parallel.DistributedDataParallel(
-            raw, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    o, d = cfg.optim, cfg.data
-    optimizer = make_optimizer(
-        raw, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, fused=device.type == "cuda"
-    )
-    common = {"workers": d.workers, "seed": cfg.run.seed, "rank": dist.rank, "world": dist.world,
-              "pin_memory": device.type == "cuda"}  # fmt: skip
-    loader = make_loader(train_set, batch_size=d.batch_size, shuffle=True, **common)
-    val_loader = None
-    if val_set is not None:
-        val_loader = make_loader(
-            val_set, batch_size=d.eval_batch_size or 2 * d.batch_size, shuffle=False, **common
-        )
-    steps_per_epoch = math.ceil(len(loader) / o.accum_steps)
-    total, warmup = o.epochs * steps_per_epoch, round(o.warmup_epochs * steps_per_epoch)
-
-    def lr_fn(step: int) -> float:
-        return lr_at(step, lr=o.lr, min_lr=o.min_lr, warmup_steps=warmup, total_steps=total)
-
-    return Session(model, raw, optimizer, loader, val_loader, steps_per_epoch, lr_fn)
-
-
-def train_epoch(
-    s: Session, *, step: int, cfg: TrainConfig, device: torch.device, dist: Dist, log: Callable[[str], None]
-) -> tuple[int, dict[str, Any]]:
-    """One pass over the training loader; returns the new optimizer step and the epoch's figures."""
-    s.model.train()
-    accum, n = cfg.optim.accum_steps, len(s.loader)
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct: no sync per step
-    clips = 0
-    t0 = time.perf_counter()
-    for i, batch in enumerate(s.loader):
-        feats, labels = to_device(batch, device)
-        group_size = min(accum, n - (i // accum) * accum)  # the last group of an epoch may be short
-        boundary = (i + 1) % accum == 0 or i == n - 1
-        sync = contextlib.nullcontext() if boundary or not dist.active else s.model.no_sync()
-        with sync:
-            with autocast(device, cfg.run.bf16):
-                logits = s.model(feats)  # [B, C]
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim.label_smoothing)
-            (loss / group_size).backward()
-        hits = (logits.argmax(dim=1) == labels).sum()
-        totals += torch.stack([loss.detach().double() * len(labels), hits.double()])
-        clips += len(labels)
-        if boundary:
-            lr = s.lr_fn(step)
-            for group in s.optimizer.param_groups:
-                group["lr"] = lr
-            if cfg.optim.clip_grad is not None:
-                nn.utils.clip_grad_norm_(s.model.parameters(), cfg.optim.clip_grad)
-            s.optimizer.step()
-            s.optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % cfg.run.log_every == 0:
-                total = cfg.optim.epochs * s.steps_per_epoch
-                log(f"  step {step}/{total}  loss {loss.item():.4f}  lr {lr:.3e}")
-    summed = torch.cat([totals, totals.new_tensor([clips])])
-    if dist.active:
-        torch_dist.all_reduce(summed)
-    seconds = time.perf_counter() - t0
-    loss_sum, correct, clips = summed.tolist()
-    return step, {"train_loss": loss_sum / max(clips, 1), "train_top1": correct / max(clips, 1),
-                  "train_clips": int(clips), "seconds": round(seconds, 3),
-                  "clips_per_s": round(clips / max(seconds, 1e-9), 1)}  # fmt: skip
-
-
-def train(
+def fit(
     model: nn.Module,
-    train_set: ClipDataset,
-    val_set: ClipDataset | None,
     *,
-    cfg: TrainConfig,
+    data: EpochData,
+    optimizer: torch.optim.Optimizer,
+    schedule: Callable[[int], float],
+    step_fn: StepFn,
+    evaluate: Callable[[nn.Module], dict[str, Any]] | None,
+    settings: LoopSettings,
     meta: dict[str, Any],
     dist: Dist,
     device: torch.device,
     resume: dict[str, Any] | None = None,
     stop_after: int | None = None,
+    state: Any = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``train_set``, evaluate on ``val_set``; checkpoints and metrics go to ``run.out``.
+    """Train ``model`` (already on ``device``) for ``settings.epochs``; returns the last figures.
 
-    ``meta`` (head and store description) goes into the metrics header and every checkpoint; ``resume``
-    is a loaded checkpoint to continue from; ``stop_after`` ends the run after that many epochs in all,
-    as an interruption would (tests). Returns the last epoch's figures plus the last evaluation's.
+    ``meta`` (plain values: config, head, store...) goes into the metrics header and every checkpoint;
+    ``resume`` is a loaded ``last.pt`` to continue from; ``stop_after`` ends the run after that many
+    epochs in all, as an interruption would (tests); ``state`` is the step function's initial state.
     """
-    out, log = Path(cfg.run.out), (print if dist.main else _quiet)
-    seed_everything(cfg.run.seed + dist.rank)  # dropout differs per process; the init was seeded before
-    s = start_session(model, train_set, val_set, cfg, dist, device)
-    epoch, step, best, last = 0, 0, None, {}
+    out, log = Path(settings.out), (print if dist.main else _quiet)
+    net = model
+    if dist.active:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    run = _Run(model, net, data, optimizer, schedule, step_fn, settings, meta, dist, device, log, out)
+    pos, best, last = _Position(), None, {}
     if resume is not None:
-        s.raw.load_state_dict(resume["model"])
-        s.optimizer.load_state_dict(resume["optimizer"])
-        epoch, step, best, last = resume["epoch"], resume["step"], resume["best_top1"], resume["metrics"]
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        pos = _Position(resume["epoch"], resume.get("batch", 0), resume["step"])
+        best, last, state = resume["best_top1"], resume["metrics"], resume.get("state", state)
         outputs.set_rng_state(resume["rng"][dist.rank if dist.rank < len(resume["rng"]) else 0])
-        log(f"resuming {out / 'last.pt'} after epoch {epoch} (step {step})")
+        where = f"epoch {pos.epoch}" + (f", batch {pos.batch} of epoch {pos.epoch + 1}" if pos.batch else "")
+        log(f"resuming {out / 'last.pt'} after {where} (step {pos.step})")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-    n_params = sum(p.numel() for p in s.raw.parameters())
-    header = {"type": "config", "config": to_dict(cfg), **meta, "world_size": dist.world,
-              "parameters": n_params, "steps_per_epoch": s.steps_per_epoch}  # fmt: skip
-    metrics = outputs.MetricsLog(out / "metrics.jsonl", header, epoch if resume else None, dist.main)
-    while epoch < cfg.optim.epochs and (stop_after is None or epoch < stop_after):
-        train_set.set_epoch(epoch)
-        s.loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    n_params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    header = {"type": "config", **meta, "world_size": dist.world, "parameters": n_params,
+              "trainable_parameters": trainable, "steps_per_epoch": run.steps_per_epoch}  # fmt: skip
+    metrics = outputs.MetricsLog(out / "metrics.jsonl", header, pos.epoch if resume else None, dist.main)
+    partial = resume.get("partial") if resume is not None else None
+    while pos.epoch < settings.epochs and (stop_after is None or pos.epoch < stop_after):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        step, figures = train_epoch(s, step=step, cfg=cfg, device=device, dist=dist, log=log)
-        epoch += 1
+        figures, state = run.epoch(pos, state, partial, best)
+        partial = None
+        pos = _Position(pos.epoch + 1, 0, pos.step)
         memory = outputs.peak_memory(device)
-        last = {"type": "epoch", "epoch": epoch, "step": step, "lr": s.lr_fn(step - 1), **figures, **memory}
+        last = {"type": "epoch", "epoch": pos.epoch, "step": pos.step, "lr": run.lr(pos.step - 1), **figures,
+                **memory}  # fmt: skip
         metrics.add(last)
-        log(_epoch_line(last, cfg.optim.epochs))
+        log(_epoch_line(last, settings.epochs))
         result = None
-        if val_set is not None and (epoch % cfg.run.eval_every == 0 or epoch == cfg.optim.epochs):
-            result = evaluate(s.raw, s.val_loader, val_set.labels, meta["head"]["num_classes"],  # type: ignore[arg-type]
-                              device=device, bf16=cfg.run.bf16, dist=dist)  # fmt: skip
-            metrics.add({"type": "eval", "epoch": epoch, "step": step, **result})
+        if evaluate is not None and (pos.epoch % settings.eval_every == 0 or pos.epoch == settings.epochs):
+            result = evaluate(model)
+            metrics.add({"type": "eval", "epoch": pos.epoch, "step": pos.step, **result})
             log(_eval_line(result))
             last |= result
-        improved = result is not None and (best is None or result["top1"] > best)
-        best = result["top1"] if improved else best  # type: ignore[index]
+        top1 = None if result is None else result.get("top1")
+        improved = top1 is not None and (best is None or top1 > best)
+        best = top1 if improved else best
+        run.save(pos, state, best, last, improved=improved, records=metrics.records)
+    return last | {"best_top1": best, "epochs_done": pos.epoch, "step": pos.step}
+
+
+class _Run:
+    """One run's moving parts; its methods are the loop's body (one epoch, one checkpoint)."""
+
+    def __init__(
+        self, model: nn.Module, net: nn.Module, data: EpochData, optimizer: torch.optim.Optimizer,
+        schedule: Callable[[int], float], step_fn: StepFn, settings: LoopSettings, meta: dict[str, Any],
+        dist: Dist, device: torch.device, log: Callable[[str], None], out: Path,
+    ) -> None:  # fmt: skip
+        self.model, self.net, self.data, self.optimizer = model, net, data, optimizer
+        self.schedule, self.step_fn, self.settings, self.meta = schedule, step_fn, settings, meta
+        self.dist, self.device, self.log, self.out = dist, device, log, out
+        self.steps_per_epoch = math.ceil(len(data) / settings.accum_steps)
+
+    def lr(self, step: int) -> float:
+        """The first group's learning rate at ``step`` (what progress lines and metrics show)."""
+        return self.optimizer.param_groups[0]["base_lr"] * self.schedule(step)
+
+    def epoch(
+        self, pos: _Position, state: Any, partial: dict[str, Any] | None, best: float | None
+    ) -> tuple[dict[str, Any], Any]:
+        """One pass over the training data from ``pos.batch`` on; advances ``pos.step`` in place."""
+        s, n = self.settings, len(self.data)
+        self.net.train()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, clips
+        seconds = 0.0
+        if partial is not None:  # resumed mid-epoch: the figures of the batches already done
+            totals += torch.tensor(partial["totals"], dtype=torch.float64, device=self.device)
+            seconds = partial["seconds"]
+        t0 = time.perf_counter()
+        for i, batch in enumerate(self.data.batches(pos.epoch, pos.batch), start=pos.batch):
+            group_size = min(s.accum_steps, n - (i // s.accum_steps) * s.accum_steps)  # the last may be short
+            boundary = (i + 1) % s.accum_steps == 0 or i == n - 1
+            sync = contextlib.nullcontext() if boundary or not self.dist.active else self.net.no_sync()
+            with sync:
+                with autocast(self.device, s.bf16):
+                    out, state = self.step_fn(self.net, batch, state)
+                (out.loss / group_size).backward()
+            hits = (out.logits.detach().argmax(dim=1) == out.labels).sum()
+            totals += torch.stack([out.loss.detach().double() * len(out.labels), hits.double(),
+                                   totals.new_tensor(len(out.labels))])  # fmt: skip
+            if not boundary:
+                continue
+            lr = self._optimizer_step(pos.step)
+            pos.step += 1
+            if pos.step % s.log_every == 0:
+                total = s.epochs * self.steps_per_epoch
+                self.log(f"  step {pos.step}/{total}  loss {out.loss.item():.4f}  lr {lr:.3e}")
+            if s.checkpoint_every and pos.step % s.checkpoint_every == 0 and i + 1 < n:
+                done = {"totals": totals.tolist(), "seconds": seconds + time.perf_counter() - t0}
+                self.save(_Position(pos.epoch, i + 1, pos.step), state, best, {}, improved=False,
+                          records=None, partial=done)  # fmt: skip
+        if self.dist.active:
+            torch_dist.all_reduce(totals)
+        seconds += time.perf_counter() - t0
+        loss_sum, correct, clips = totals.tolist()
+        return {"train_loss": loss_sum / max(clips, 1), "train_top1": correct / max(clips, 1),
+                "train_clips": int(clips), "seconds": round(seconds, 3),
+                "clips_per_s": round(clips / max(seconds, 1e-9), 1)}, state  # fmt: skip
+
+    def _optimizer_step(self, step: int) -> float:
+        factor = self.schedule(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        if self.settings.clip_grad is not None:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.settings.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(
+        self, pos: _Position, state: Any, best: float | None, last: dict[str, Any], *, improved: bool,
+        records: list[dict[str, Any]] | None, partial: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """last.pt (model, optimizer, position, step state, RNG states), best.pt, curves.png."""
+        rng = outputs.gather_rng(self.dist.world)  # every process takes part under DDP
+        if not self.dist.main:
+            return
         payload = {"format": outputs.CHECKPOINT_FORMAT, "version": outputs.CHECKPOINT_VERSION,
-                   "epoch": epoch, "step": step, "best_top1": best, "config": to_dict(cfg), "metrics": last,
-                   "rng": outputs.gather_rng(dist.world), **meta}  # fmt: skip
-        if dist.main:
-            write_outputs(s, payload, out, improved, metrics.records if cfg.run.plots else None)
-    return last | {"best_top1": best, "epochs_done": epoch}
-
-
-def write_outputs(
-    s: Session, payload: dict[str, Any], out: Path, improved: bool, records: list[dict[str, Any]] | None
-) -> None:
-    """last.pt (with model and optimizer), best.pt when top-1 improved, curves.png."""
-    state = {"model": s.raw.state_dict(), "optimizer": s.optimizer.state_dict()}
-    outputs.save_checkpoint(out / "last.pt", payload | state)
-    if improved:
-        shutil.copyfile(out / "last.pt", out / "best.pt")
-    if records is not None:
-        outputs.plot_curves(records, out / "curves.png")
+                   "epoch": pos.epoch, "batch": pos.batch, "step": pos.step, "best_top1": best,
+                   "metrics": last, "rng": rng,
+                   "state": state, "partial": partial, **self.meta,
+                   "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}  # fmt: skip
+        outputs.save_checkpoint(self.out / "last.pt", payload)
+        if improved:
+            shutil.copyfile(self.out / "last.pt", self.out / "best.pt")
+        if records is not None and self.settings.plots:
+            outputs.plot_curves(records, self.out / "curves.png")
 
 
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
@@ -234,8 +297,15 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
 
 
 def _eval_line(r: dict[str, Any]) -> str:
-    return (f"  eval: top1 {r['top1']:.3f}  mean class acc {r['mean_class_acc']:.3f}  "
-            f"loss {r['val_loss']:.4f}  ({r['videos']} videos, {r['clips']} clips)")  # fmt: skip
+    """The evaluation's figures in one line (whatever the evaluation function returned)."""
+    if r.get("top1", 0) is None:
+        return f"  eval: no labelled videos ({r.get('clips', 0)} clips)"
+    names = {"top1": "top1", "top5": "top5", "mean_class_acc": "mean class acc", "val_loss": "loss"}
+    parts = [f"{label} {r[k]:.4f}" for k, label in names.items() if isinstance(r.get(k), (int, float))]
+    parts += [f"{k} {v:.4f}" for k, v in r.items() if k not in names and isinstance(v, float)
+              and k not in ("eval_seconds",)]  # fmt: skip
+    counts = ", ".join(f"{r[k]} {k}" for k in ("videos", "clips") if k in r)
+    return "  eval: " + "  ".join(parts) + (f"  ({counts})" if counts else "")
 
 
 def _quiet(_message: str) -> None:

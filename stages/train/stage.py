@@ -1,16 +1,16 @@
-"""Stage two entry point: ``python -m stages.train CONFIG [key=value ...]`` (also ``twostage train``).
+"""Stage two: ``run_train(cfg)`` trains a head from a feature store (command line: ``twostage train``,
+``python -m stages.train``, in ``pipeline/commands/train.py``).
 
 Reads top to bottom: config -> store(s), checked -> train/val split -> head (seeded) -> datasets (clip
-lengths checked) -> init_from / resume checkpoints, checked -> the loop (``stages/train/loop.py``).
+lengths checked) -> init_from / resume checkpoints, checked -> the config unpacked into the loop's plain
+parts (loaders, optimizer groups, schedule, step function, evaluation) -> ``stages/train/loop.py``.
 Everything that can be refused is refused before the first step. Multi-GPU:
 ``torchrun --nproc_per_node 8 -m stages.train CONFIG`` (DDP; rank 0 writes the files).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +18,23 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from stages.core.config import config_keys, load_config
+from stages.core.config import to_dict
 from stages.core.errors import StoreError
 from stages.train import checks
 from stages.train.config import TrainConfig
-from stages.train.data import ClipDataset, split_ids
-from stages.train.heads import Head, build_head
-from stages.train.loop import train
-from stages.train.runtime import setup_distributed
+from stages.train.data import ClipDataset, EpochLoader, split_ids
+from stages.train.evaluate import evaluate
+from stages.train.heads import Head, check_options, features_of, head_from_description
+from stages.train.loop import (
+    LoopSettings,
+    cosine_schedule,
+    fit,
+    make_optimizer,
+    param_groups,
+    seed_everything,
+)
+from stages.train.runtime import Dist, setup_distributed
+from stages.train.steps import classify_step
 from store import FeatureStore
 
 
@@ -56,20 +65,18 @@ def select_videos(cfg: TrainConfig, store: FeatureStore) -> tuple[list[str], Fea
     return train_ids, (store if val_ids else None), val_ids
 
 
+def head_description(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """What checkpoints record as ``head``; ``heads.head_from_description`` builds the head from it."""
+    return {"name": cfg.head.name, "options": dict(cfg.head.options), "num_frames": cfg.data.frames,
+            "num_classes": num_classes}  # fmt: skip
+
+
 def build(cfg: TrainConfig, store: FeatureStore, num_classes: int) -> Head:
     """The head, initialised from ``run.seed`` (the same on every DDP process)."""
-    options = checks.head_options(cfg.head.name, cfg.head.options)
+    description = head_description(cfg, num_classes)
+    check_options(cfg.head.name, cfg.head.options)  # before seeding: a bad option costs nothing
     torch.manual_seed(cfg.run.seed)
-    frozen = store.frozen_weights() if store.spec.frozen else None
-    return build_head(
-        cfg.head.name,
-        tensors={n: t.shape for n, t in store.tensors.items()},
-        backbone=store.backbone,
-        num_classes=num_classes,
-        num_frames=cfg.data.frames,
-        frozen=frozen,
-        **options,
-    )
+    return head_from_description(description, features_of(store))
 
 
 def datasets(
@@ -88,18 +95,17 @@ def datasets(
     return train_set, val_set
 
 
-def describe(cfg: TrainConfig, store: FeatureStore, head: Head) -> dict[str, Any]:
-    """What every checkpoint and metrics header records of the head and the store it was trained on."""
+def describe(
+    cfg: TrainConfig, store: FeatureStore, head: Head, train_ids: list[str], val_ids: list[str]
+) -> dict[str, Any]:
+    """What every checkpoint and metrics header records: config, head, the store, and which of its videos
+    trained the head (``twostage eval`` scores the others)."""
     inputs = list(head.inputs)
     return {
-        "head": {
-            "name": cfg.head.name,
-            "options": dict(cfg.head.options),
-            "num_frames": cfg.data.frames,
-            "num_classes": len(store.classes),
-            "inputs": inputs,
-        },  # fmt: skip
+        "config": to_dict(cfg),
+        "head": head_description(cfg, len(store.classes)) | {"inputs": inputs},
         "store": checks.store_meta(store, inputs),
+        "data": {"train_ids": list(train_ids), "val_ids": list(val_ids), "val_store": cfg.data.val_store},
     }
 
 
@@ -108,7 +114,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     store = checks.open_store(cfg.data.store, allow_incomplete=cfg.run.allow_incomplete)
     train_ids, val_store, val_ids = select_videos(cfg, store)
     head = build(cfg, store, checks.num_classes(store))
-    meta = describe(cfg, store, head)
+    meta = describe(cfg, store, head, train_ids, val_ids if val_store is store else [])
     if val_store is not None and val_store is not store:
         checks.check_fits(val_store, meta["store"], what=f"data.store={store.path}", error=StoreError)
     train_set, val_set = datasets(cfg, store, train_ids, val_store, val_ids, list(head.inputs))
@@ -137,30 +143,42 @@ def run_train(cfg: TrainConfig, *, stop_after: int | None = None) -> dict[str, A
     dist, device = setup_distributed(cfg.run.device)
     try:
         p = prepare(cfg)
-        result = train(p.head, p.train_set, p.val_set, cfg=cfg, meta=p.meta, dist=dist, device=device,
-                       resume=p.resume, stop_after=stop_after)  # fmt: skip
+        result = train_head(p, cfg, dist, device, stop_after)
     finally:
         if owned and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
     return result | {"out": cfg.run.out}
 
 
-def main(argv: list[str] | None = None) -> int:
-    keys = "\n".join(f"  {k}" for k in config_keys(TrainConfig))
-    parser = argparse.ArgumentParser(
-        prog="python -m stages.train",
-        description="Stage two: train a temporal head on a feature store (checkpoints, metrics.jsonl and "
-        "curves.png go to run.out).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Overrides: key=value with dotted keys, e.g. head.name=vivit_fe optim.lr=1e-3 "
-        f"head.options.depth=2\n{keys}\n\nSee configs/train/ for ready configs. "
-        "Multi-GPU: torchrun --nproc_per_node N -m stages.train CONFIG",
-    )
-    parser.add_argument("config", help="YAML config (configs/train/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
-    cfg = load_config(TrainConfig, args.config, args.overrides)
-    result = run_train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in result.items() if k != "type"}, indent=2, default=str))
-    return 0
+def train_head(
+    p: Prepared, cfg: TrainConfig, dist: Dist, device: torch.device, stop_after: int | None
+) -> dict[str, Any]:
+    """The config unpacked into the loop's plain parts: loaders, AdamW groups, schedule, step, evaluation."""
+    d, o, r = cfg.data, cfg.optim, cfg.run
+    seed_everything(r.seed + dist.rank)  # dropout differs per process; the init was seeded before
+    head = p.head.to(device)
+    common = {"workers": d.workers, "seed": r.seed, "rank": dist.rank, "world": dist.world,
+              "pin_memory": device.type == "cuda"}  # fmt: skip
+    data = EpochLoader(p.train_set, batch_size=d.batch_size, shuffle=True, **common)
+    groups = param_groups(list(head.named_parameters()), lr=o.lr, weight_decay=o.weight_decay)
+    optimizer = make_optimizer(groups, betas=o.betas, fused=device.type == "cuda")
+    steps_per_epoch = math.ceil(len(data) / o.accum_steps)
+    schedule = cosine_schedule(round(o.warmup_epochs * steps_per_epoch), o.epochs * steps_per_epoch,
+                               o.min_lr / o.lr)  # fmt: skip
+    evaluate_fn = None
+    if p.val_set is not None:
+        val = EpochLoader(
+            p.val_set, batch_size=d.eval_batch_size or 2 * d.batch_size, shuffle=False, **common
+        )
+        labels, num_classes = p.val_set.labels, p.meta["head"]["num_classes"]
+
+        def evaluate_fn(model: torch.nn.Module) -> dict[str, Any]:
+            return evaluate(model, val.batches(), labels, num_classes, device=device, bf16=r.bf16, dist=dist)
+
+    settings = LoopSettings(out=r.out, epochs=o.epochs, accum_steps=o.accum_steps, clip_grad=o.clip_grad,
+                            bf16=r.bf16, eval_every=r.eval_every, log_every=r.log_every, plots=r.plots,
+                            checkpoint_every=r.checkpoint_every)  # fmt: skip
+    step = classify_step(device, label_smoothing=o.label_smoothing)
+    return fit(head, data=data, optimizer=optimizer, schedule=schedule, step_fn=step, evaluate=evaluate_fn,
+               settings=settings, meta=p.meta, dist=dist, device=device, resume=p.resume,
+               stop_after=stop_after)  # fmt: skip

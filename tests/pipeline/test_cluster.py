@@ -278,7 +278,7 @@ def test_local_cluster_with_a_killed_worker_equals_single_process(
     every video committed exactly once, the same features per id as one process, parts disjoint."""
     import dask
 
-    from stages.extract.stage import main
+    from pipeline.commands.extract import main
 
     store, marker = tmp_path / "local.zarr", tmp_path / "killed.json"
     monkeypatch.setenv(KILL_STORE, str(store))
@@ -342,7 +342,7 @@ def test_killed_driver_resumes_with_the_same_command(videos: Path, tmp_path: Pat
 
     import psutil
 
-    from stages.extract.stage import main
+    from pipeline.commands.extract import main
 
     store = tmp_path / "driver.zarr"
     command = [str(write_config(tmp_path, videos, store)), "cluster=local", "workers=2", "cluster.parts=2"]
@@ -374,7 +374,7 @@ def test_killed_driver_resumes_with_the_same_command(videos: Path, tmp_path: Pat
 def test_part_runs_then_commit_equal_one_run(
     videos: Path, tmp_path: Path, reference: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from stages.extract.stage import main
+    from pipeline.commands.extract import main
 
     store = tmp_path / "parts.zarr"
     config = str(write_config(tmp_path, videos, store))

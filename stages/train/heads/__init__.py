@@ -20,11 +20,14 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+from stages.core.errors import ConfigError
 from stages.core.registry import Registry
 
-HEADS = Registry("head")
+HEADS = Registry("head", list_flag="--list-heads")
+CONTRACT = ("tensors", "backbone", "num_classes", "num_frames", "frozen")  # keywords every builder takes
 
 from stages.train.heads import evl, linear, vivit_fe  # noqa: E402,F401  (register the builders)
 from stages.train.heads.blocks import Head  # noqa: E402
@@ -35,4 +38,47 @@ def build_head(name: str, **kwargs: Any) -> Head:
     return HEADS.get(name)(**kwargs)
 
 
-__all__ = ["HEADS", "Head", "build_head"]
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``head.options`` checked against the builder's own keywords (all unknown ones reported at once)."""
+    params = inspect.signature(HEADS.get(name)).parameters
+    valid = [p for p in params if p not in CONTRACT]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ConfigError(
+            [
+                f"head.options.{k}: head {name!r} has no option {k!r}; its options: {', '.join(valid)}"
+                for k in unknown
+            ]
+        )
+    return dict(options)
+
+
+def head_from_description(head: dict[str, Any], features: dict[str, Any]) -> Head:
+    """The one way a head is built from what describes it: train, eval and prediction all call this.
+
+    Args:
+        head: ``{"name", "options", "num_frames", "num_classes"}`` (what checkpoints record as ``head``).
+        features: ``{"tensors": {name: per-frame shape}, "backbone": spec, "frozen": weights or None}``,
+            from a store (:func:`features_of`) or from a live backbone (prediction on raw videos).
+    """
+    return build_head(
+        head["name"],
+        tensors={n: tuple(shape) for n, shape in features["tensors"].items()},
+        backbone=features["backbone"],
+        num_classes=int(head["num_classes"]),
+        num_frames=int(head["num_frames"]),
+        frozen=features.get("frozen"),
+        **check_options(head["name"], head.get("options", {})),
+    )
+
+
+def features_of(store: Any) -> dict[str, Any]:
+    """The feature description of an open ``store.FeatureStore``."""
+    return {
+        "tensors": {n: t.shape for n, t in store.tensors.items()},
+        "backbone": store.backbone,
+        "frozen": store.frozen_weights() if store.spec.frozen else None,
+    }
+
+
+__all__ = ["HEADS", "Head", "build_head", "check_options", "features_of", "head_from_description"]

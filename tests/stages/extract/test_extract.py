@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.commands.extract import main
 from stages.core.config import load_config
 from stages.extract.config import ExtractConfig
-from stages.extract.stage import main, parse_requests, run_extract
+from stages.extract.stage import parse_requests, run_extract
 from stages.models import build_backbone
 from stages.video import decode, sampling
 from stages.video.preprocess import preprocess

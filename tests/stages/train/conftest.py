@@ -104,6 +104,7 @@ def make_store(
     unlabelled: int = 0,
     content_scale: float = 0.3,
     signal: float = 2.0,
+    id_prefix: str = "v",
 ) -> Path:
     """A store of ``videos`` direction videos (classes balanced), ``views`` views of ``rows`` rows each."""
     tensors = tensors or cls_tensors()
@@ -144,9 +145,9 @@ def make_store(
                 )
             w.add(
                 VideoEntry(
-                    id=f"v{i:03d}",
+                    id=f"{id_prefix}{i:03d}",
                     label=label,
-                    source=f"/synthetic/v{i:03d}.mp4",
+                    source=f"/synthetic/{id_prefix}{i:03d}.mp4",
                     fps=8.0,
                     num_frames=2 * rows,
                 ),

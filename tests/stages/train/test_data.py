@@ -8,7 +8,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from stages.core.errors import StoreMismatchError
-from stages.train.data import ClipDataset, EpochSampler, clip_rows, collate_clips, split_ids, spread_starts
+from stages.train.data import (
+    ClipDataset,
+    EpochLoader,
+    EpochSampler,
+    clip_rows,
+    collate_clips,
+    split_ids,
+    spread_starts,
+)
 from store import FeatureStore
 
 
@@ -29,8 +37,8 @@ def dataset(fs: FeatureStore, mode: str = "train", **kw) -> ClipDataset:
 
 
 def choices(ds: ClipDataset, epoch: int) -> list[tuple[int, int, tuple[int, ...]]]:
-    ds.set_epoch(epoch)
-    return [(i, view, tuple(rows.tolist())) for i, view, rows in map(ds.clip, range(len(ds)))]
+    keys = [(epoch, k) for k in range(len(ds))]
+    return [(i, view, tuple(rows.tolist())) for i, view, rows in map(ds.clip, keys)]
 
 
 # ----------------------------------------------------------------------------------------- split
@@ -105,9 +113,9 @@ def test_eval_yields_every_view_and_spread_clips(fs):
 
 def test_clip_values_are_the_stored_rows(fs):
     ds = dataset(fs, frames=4, stride=2)
-    ds.set_epoch(5)
-    batch = ds.__getitems__([3, 0, 7])
-    for b, k in enumerate([3, 0, 7]):
+    keys = [(5, 3), (5, 0), (5, 7)]
+    batch = ds.__getitems__(keys)
+    for b, k in enumerate(keys):
         i, view, rows = ds.clip(k)
         want = fs.read(ds.ids[i], view, rows, ["final.cls"])["final.cls"]
         np.testing.assert_array_equal(batch["feats"]["final.cls"][b].astype(np.float32), want)
@@ -174,7 +182,7 @@ def test_token_dropout_zeroes_the_same_patch_tokens_in_every_layer_never_cls(tok
 
 
 def test_sampler_shares_are_disjoint_and_cover_the_data():
-    eval_shares = [list(EpochSampler(11, shuffle=False, rank=r, world=3)) for r in range(3)]
+    eval_shares = [[i for _, i in EpochSampler(11, shuffle=False, rank=r, world=3)] for r in range(3)]
     assert sorted(sum(eval_shares, [])) == list(range(11))  # every eval item exactly once
     train = [EpochSampler(11, shuffle=True, seed=0, rank=r, world=3) for r in range(3)]
     shares = [list(s) for s in train]
@@ -183,14 +191,15 @@ def test_sampler_shares_are_disjoint_and_cover_the_data():
     )  # equal: DDP ranks step together
     assert len(set(sum(shares, []))) == 9
     train[0].set_epoch(1)
-    assert list(train[0]) != shares[0]
+    assert list(train[0]) != shares[0] and {e for e, _ in train[0]} == {1}
+    train[0].set_epoch(1, start=2)  # resume inside an epoch: the same items from the third on
+    assert list(train[0]) == _epoch(train[0], 1)[2:] and len(train[0]) == 1
 
 
 def test_loader_workers_give_the_same_batches(fs):
     batches = []
     for workers in (0, 2):
         ds = dataset(fs)
-        ds.set_epoch(2)
         sampler = EpochSampler(len(ds), shuffle=True, seed=0)
         sampler.set_epoch(2)
         loader = DataLoader(ds, batch_size=5, sampler=sampler, num_workers=workers, collate_fn=collate_clips)
@@ -200,3 +209,24 @@ def test_loader_workers_give_the_same_batches(fs):
         assert torch.equal(a["feats"]["final.cls"], b["feats"]["final.cls"]) and torch.equal(
             a["video"], b["video"]
         )
+
+
+def _epoch(sampler: EpochSampler, epoch: int) -> list[tuple[int, int]]:
+    sampler = EpochSampler(sampler.size, shuffle=sampler.shuffle, seed=sampler.seed, rank=sampler.rank,
+                           world=sampler.world)  # fmt: skip
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_an_epoch_loader_restarts_at_any_batch_with_the_same_batches(fs):
+    loader = EpochLoader(dataset(fs), batch_size=3, shuffle=True, seed=4)
+    whole = list(loader.batches(epoch=2))
+    assert len(loader) == len(whole) == -(-len(fs.videos) // 3) > 5
+    tail = list(loader.batches(epoch=2, start=4))
+    assert len(tail) == len(whole) - 4
+    for a, b in zip(whole[4:], tail, strict=True):
+        assert torch.equal(a["feats"]["final.cls"], b["feats"]["final.cls"]) and torch.equal(
+            a["video"], b["video"]
+        )
+    other = list(loader.batches(epoch=3))
+    assert not torch.equal(other[0]["video"], whole[0]["video"])

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from stages.core.config import from_dict, to_dict
 from stages.core.errors import ConfigError
 from stages.train.config import TrainConfig
-from stages.train.data import ClipDataset, make_loader, split_ids
+from stages.train.data import ClipDataset, EpochLoader, split_ids
 from stages.train.evaluate import evaluate, video_metrics
 from stages.train.heads import Head
 from stages.train.loop import lr_at
@@ -81,8 +81,8 @@ def test_evaluation_averages_the_softmax_over_every_view_and_clip(small_store):
     fs = FeatureStore(small_store)
     ids = split_ids(fs, 0.0)[0][:6]
     ds = ClipDataset(fs, ids, 4, 1, "eval", ["final.cls"], eval_clips=2)
-    loader = make_loader(ds, batch_size=5, shuffle=False)
-    got = evaluate(MeanProbe(), loader, ds.labels, 4, device=torch.device("cpu"), bf16=True)
+    loader = EpochLoader(ds, batch_size=5, shuffle=False)
+    got = evaluate(MeanProbe(), loader.batches(), ds.labels, 4, device=torch.device("cpu"), bf16=True)
     probs = np.zeros((6, 4))
     for k in range(len(ds)):  # by hand: every (view, clip) of each video
         i, view, rows = ds.clip(k)

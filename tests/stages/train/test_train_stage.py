@@ -13,11 +13,15 @@ from typing import Any
 import pytest
 import torch
 
+from pipeline.commands import evaluate
+from pipeline.commands.train import main
 from stages.core.config import load_config
 from stages.core.errors import CheckpointError, ConfigError, NotAStoreError, StoreError, StoreMismatchError
-from stages.train import evaluate
 from stages.train.config import TrainConfig
-from stages.train.stage import main, run_train
+from stages.train.data import split_ids
+from stages.train.evaluate import evaluate_checkpoint
+from stages.train.stage import run_train
+from store import FeatureStore
 from tests.stages.train.conftest import make_cfg, read_jsonl, token_tensors
 
 REPO = Path(__file__).resolve().parents[3]
@@ -26,7 +30,7 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.fixture(scope="module")
 def val_store(store_factory) -> Path:
     """24 held-out direction videos (another seed: other content vectors and noise)."""
-    return store_factory("direction_val", videos=24, seed=1)
+    return store_factory("direction_val", videos=24, seed=1, id_prefix="val")
 
 
 @pytest.fixture(scope="module")
@@ -218,19 +222,57 @@ def test_eval_remeasures_the_checkpoint(linear_run, val_store, capsys):
     assert "top-5 n/a (< 5 classes)" in capsys.readouterr().out
 
 
+def test_eval_scores_only_the_videos_the_checkpoint_did_not_train_on(tmp_path, direction_store, capsys):
+    out = tmp_path / "split"
+    result = run_train(make_cfg(out, direction_store, optim={"epochs": 2}))
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    train_ids, val_ids = split_ids(FeatureStore(direction_store), 0.25)
+    assert ckpt["data"]["train_ids"] == train_ids and ckpt["data"]["val_ids"] == val_ids
+    got = evaluate_checkpoint(str(out / "last.pt"), str(direction_store), workers=0)
+    assert got["videos"] == len(val_ids) < 48 and got["training_videos"] == 0
+    assert got["top1"] == result["top1"] and got["split"] == "heldout"
+    assert evaluate.main([str(out / "last.pt"), str(direction_store), "--workers", "0"]) == 0
+    text = capsys.readouterr()
+    assert f"held-out videos ({len(val_ids)} of 48; {len(train_ids)} training videos left out)" in text.out
+    assert "WARNING" not in text.err
+    everything = evaluate_checkpoint(str(out / "last.pt"), str(direction_store), split="all", workers=0)
+    assert everything["videos"] == 48 and everything["training_videos"] == len(train_ids)
+    assert (
+        evaluate.main([str(out / "last.pt"), str(direction_store), "--split", "all", "--workers", "0"]) == 0
+    )
+    assert f"WARNING: {len(train_ids)} of the 48 scored videos were used to train" in capsys.readouterr().err
+
+
+def test_eval_refuses_when_nothing_is_held_out(tmp_path, direction_store):
+    out = tmp_path / "all"
+    run_train(make_cfg(out, direction_store, data={"val_fraction": 0.0}, optim={"epochs": 1}))
+    with pytest.raises(StoreError, match=r"all 48 labelled videos .* were used to train .* --split all"):
+        evaluate_checkpoint(str(out / "last.pt"), str(direction_store), workers=0)
+
+
+def test_eval_of_an_older_checkpoint_rederives_its_training_videos(tmp_path, direction_store):
+    out = tmp_path / "old"
+    run_train(make_cfg(out, direction_store, optim={"epochs": 1}))
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    del ckpt["data"]  # written before checkpoints recorded their training ids
+    torch.save(ckpt, out / "old.pt")
+    got = evaluate_checkpoint(str(out / "old.pt"), str(direction_store), workers=0)
+    assert got["videos"] == len(split_ids(FeatureStore(direction_store), 0.25)[1])
+
+
 def test_eval_refuses_a_store_of_another_backbone(linear_run, store_factory):
     other = store_factory("other_backbone", videos=8, name="other-vit")
     with pytest.raises(
         CheckpointError, match=r"does not fit the checkpoint.*backbone.name: 'tiny-vit' -> 'other-vit'"
     ):
-        evaluate.evaluate_checkpoint(str(linear_run[0] / "last.pt"), str(other), workers=0)
+        evaluate_checkpoint(str(linear_run[0] / "last.pt"), str(other), workers=0)
 
 
 def test_eval_refuses_a_store_without_the_head_inputs(linear_run, store_factory):
     residual_only = token_tensors()[:4]  # no final.cls
     no_final = store_factory("no_final", videos=4, rows=8, tensors=residual_only)
     with pytest.raises(CheckpointError, match=r"does not fit.*tensor final.cls: \[16\] -> not stored"):
-        evaluate.evaluate_checkpoint(str(linear_run[0] / "last.pt"), str(no_final), workers=0)
+        evaluate_checkpoint(str(linear_run[0] / "last.pt"), str(no_final), workers=0)
 
 
 # ----------------------------------------------------------------------------------------- CLI, configs

@@ -9,6 +9,7 @@ import decord
 import numpy as np
 import pytest
 
+from pipeline.commands import synth as synth_cli
 from stages.core.errors import ConfigError
 from stages.video import synth
 
@@ -136,7 +137,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def test_cli_writes_files_and_summary(tmp_path, capsys):
     out = tmp_path / "set"
     argv = [str(out), "--task", "appearance", "--videos", "4", "--seed", "1", "--size", "32", "--frames", "4"]
-    assert synth.main(argv) == 0
+    assert synth_cli.main(argv) == 0
     summary = capsys.readouterr().out.strip()
     assert summary.startswith("wrote 4 appearance videos (4 classes, 4 frames of 32x32 at 8 fps)")
     assert len((out / "labels.csv").read_text().splitlines()) == 5
@@ -146,6 +147,6 @@ def test_cli_writes_files_and_summary(tmp_path, capsys):
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        synth.main(["--help"])
+        synth_cli.main(["--help"])
     assert exit_info.value.code == 0
     assert "--task {appearance,direction,longrange}" in capsys.readouterr().out

@@ -1,0 +1,17 @@
+"""One module per ``twostage`` command: each parses its arguments, loads the config, calls the stage's
+library function and prints what the user needs. Stages and store never import these modules.
+
+``COMMANDS`` maps a command to (module, one-line help); ``pipeline/cli.py`` dispatches, imports lazily so
+``--help`` is fast, and turns user errors into one line.
+"""
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("pipeline.commands.synth", "write a labelled synthetic video data set"),
+    "extract": ("pipeline.commands.extract", "stage one: a frozen backbone over videos into a feature store"),
+    "train": ("pipeline.commands.train", "stage two: train a temporal head from a feature store"),
+    "eval": ("pipeline.commands.evaluate", "score a checkpoint on the held-out videos of a feature store"),
+    "run": ("pipeline.run", "stage one then stage two (and a results table) from one config"),
+    "inspect": ("pipeline.commands.inspect", "describe a feature store (--json for machines)"),
+    "verify": ("pipeline.commands.verify", "recompute checksums and scan for NaN/Inf"),
+    "commit": ("pipeline.commit", "finish a store extracted as --part I/N runs: index and mark complete"),
+}  # fmt: skip

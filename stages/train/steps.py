@@ -1,0 +1,32 @@
+"""Step functions for :func:`stages.train.loop.fit`: one batch in, loss, logits and labels out.
+
+    classify_step: {"feats": {name: [B, T, ...]}, "label": [B]} --model--> logits [B, C]
+                   --cross-entropy (label smoothing) in float32--> Step(loss, logits, labels)
+
+A step function may carry a state from one step to the next (``fit`` saves it in every checkpoint); the
+plain classifier keeps none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.train.loop import Step
+from stages.train.runtime import to_device
+
+
+def classify_step(device: torch.device, *, label_smoothing: float = 0.0) -> Callable[..., tuple[Step, Any]]:
+    """A stateless step for heads over stored features: feature batch -> cross-entropy."""
+
+    def step(model: nn.Module, batch: dict[str, Any], state: Any) -> tuple[Step, Any]:
+        feats, labels = to_device(batch, device)
+        logits = model(feats)  # [B, C]
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        return Step(loss, logits, labels), state
+
+    return step
