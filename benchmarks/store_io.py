@@ -1,4 +1,4 @@
-"""Store I/O next to raw sequential I/O of the same bytes on the same disk (DESIGN.md: target >= 0.7).
+"""Store I/O next to raw sequential I/O of the same bytes on the same disk (target >= 0.7).
 
     python -m benchmarks.store_io                     # defaults: 8 videos x 64 frames x (197, 768) fp16
     python -m benchmarks.store_io --videos 4 --frames 32 --dir /scratch
@@ -39,7 +39,7 @@ import numpy as np
 from store import FeatureStore, PartWriter, StoreSpec, TensorSpec, VideoEntry, ViewRows, create_store, layout
 
 RESULTS = Path(__file__).resolve().parent / "results" / "store_io.json"
-TARGET = 0.7  # DESIGN.md: store throughput >= 0.7 x raw sequential I/O
+TARGET = 0.7  # the project's target: store throughput >= 0.7 x raw sequential I/O
 CHUNK = 16  # frames per sequential read, a typical memory-head chunk
 CLIP_T, CLIP_STRIDE, CLIP_BATCH = 8, 2, 16  # an 8-frame clip at stride 2, batches of 16 clips
 MB = 1e6

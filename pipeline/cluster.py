@@ -404,7 +404,7 @@ def finish(
     wall_s: float,
 ) -> int:
     """Finalize the store when every part finished, print the summary, write the metrics; exit status."""
-    from pipeline.commands.extract import failure_exit, print_summary
+    from pipeline.report import failure_exit, print_summary
     from stages.core.config import to_dict
     from stages.extract.runner import Stats
     from stages.extract.stage import summary

@@ -143,7 +143,7 @@ def store_is_current(extract: Any) -> bool:
 
 
 def run_dataset(p: Plan) -> list[dict[str, Any]]:
-    from pipeline.commands.extract import print_summary
+    from pipeline.report import print_summary
     from stages.extract.stage import run_extract, summary
     from stages.train.stage import run_train
     from store import FeatureStore

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 COMPRESSIONS = ("zstd", "lz4", "none")
 _FP16_TINY = np.float16(2.0**-24)  # the smallest positive float16
@@ -112,8 +112,6 @@ def compressors(compression: str, itemsize: int, level: int | None = None, crc: 
         codec = BloscCodec(
             cname="lz4", clevel=5 if level is None else level, shuffle="shuffle", typesize=itemsize
         )
-    elif compression == "zstd-plain":  # pragma: no cover - kept for benchmarks
-        codec = ZstdCodec(level=3 if level is None else level)
     elif compression == "none":
         return tail
     else:

@@ -79,7 +79,7 @@ class FeatureStore:
             ):
                 raise NotAStoreError(
                     f"{self.path} is not a twostage store (no zarr group there). Point to the "
-                    "folder `twostage extract` wrote (the `store` key of its config)."
+                    "folder `twostage extract` wrote (the `store.path` key of its extract config)."
                 ) from None
         return self._group
 

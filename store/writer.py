@@ -134,7 +134,7 @@ def read_root_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     ) as e:
         raise NotAStoreError(
             f"{path} is not a twostage store ({type(e).__name__}). Point to the folder "
-            "that `twostage extract` wrote (the `store` key of the extract config)."
+            "that `twostage extract` wrote (the `store.path` key of the extract config)."
         ) from None
     if not isinstance(attrs, dict):
         raise NotAStoreError(

@@ -1,7 +1,7 @@
 """Typed configs: YAML file + dotted overrides -> nested dataclasses, every problem reported at once.
 
 A config schema is a plain (possibly nested) dataclass. :func:`load_config` reads YAML, applies command
-line overrides such as ``optim.lr=3e-4 head.layers=[8,9]``, checks every value against the type hints
+line overrides such as ``optim.lr=3e-4 head.options.layers=4``, checks every value against the type hints
 and raises one :class:`~stages.core.errors.ConfigError` listing all problems (unknown keys with a close
 match, wrong types, missing required keys, ``__post_init__`` cross-field checks).
 

@@ -159,6 +159,10 @@ def _open_container(source: Source):
     return av.open(os.fspath(source), mode="r")
 
 
+class _PathProblem(DecodeError):
+    """The path itself is wrong (missing, a folder): no re-encoding will help."""
+
+
 def _probe(source: Source) -> None:
     """Cheap checks that keep bad inputs away from decord (which can hang or crash on them)."""
     if isinstance(source, bytes):
@@ -167,9 +171,9 @@ def _probe(source: Source) -> None:
     else:
         path = os.fspath(source)
         if os.path.isdir(path):
-            raise DecodeError("is a directory, not a video file")
+            raise _PathProblem("is a directory, not a video file")
         if not os.path.exists(path):
-            raise DecodeError("no such file")
+            raise _PathProblem("no such file")
         if os.path.getsize(path) == 0:
             raise DecodeError("empty file (0 bytes)")
     try:
@@ -381,6 +385,11 @@ def open_video(
             raise DecodeError(f"cannot decode {label} with {backend}: {_short(exc)}; {_HINT}") from exc
     try:
         _probe(source)
+    except _PathProblem as exc:
+        raise DecodeError(
+            f"cannot read {label}: {exc}; check the path in the source list (relative paths are taken "
+            "from the list's own folder)"
+        ) from exc
     except DecodeError as exc:
         raise DecodeError(f"cannot decode {label}: pyav: {exc}; decord: not tried; {_HINT}") from exc
     try:

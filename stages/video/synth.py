@@ -1,6 +1,6 @@
 """Synthetic labelled videos for tests, the quickstart and benchmarks.
 
-Three tasks, each putting the answer somewhere else (DESIGN.md, "Synthetic data"):
+Three tasks, each putting the answer somewhere else:
 
 - ``appearance``: which digit is shown; one frame is enough.
 - ``direction``: which way the digit moves; needs temporal order. A ``left`` video is literally a ``right``

@@ -53,11 +53,12 @@ def resolve_cls_feature(tensors: dict[str, tuple[int, ...]], feature: str | None
             )
     kind = feature.rpartition(".")[2]
     if kind not in ("cls", "tokens"):
-        raise ConfigError(f"head.feature={feature!r} is not a '*.cls' or '*.tokens' tensor name")
+        raise ConfigError(f"head.options.feature={feature!r} is not a '*.cls' or '*.tokens' tensor name")
     if feature not in tensors:
         raise StoreMismatchError(
-            f"head.feature={feature!r} is not in the store (it holds {sorted(tensors)}); extract it, "
-            "or set head.feature to a stored '*.cls' / '*.tokens' tensor (or leave it unset for the default)"
+            f"head.options.feature={feature!r} is not in the store (it holds {sorted(tensors)}); extract it, "
+            "or set head.options.feature to a stored '*.cls' / '*.tokens' tensor (or leave it unset for the "
+            "default)"
         )
     return feature, int(tensors[feature][-1])
 

@@ -1,5 +1,6 @@
 """``evl``: EVL's transformer decoder over the last K blocks' unpooled tokens, with its three local
-temporal modules (methods.md §2.2 decoder, §2.3 temporal modules, §2.4 prediction).
+temporal modules (Lin et al., "Frozen CLIP Models are Efficient Video Learners", ECCV 2022: the decoder,
+the three local temporal modules, the prediction from the decoder query).
 
     for decoder layer i = 0..K-1, backbone block l = i-th of the last K stored blocks (shallow -> deep):
       F = feats["b{l}.tokens"] [B, T, L, d]
@@ -17,7 +18,8 @@ frames t >= 1, ``M_next`` to frames t <= T-2; the CLS row gets nothing.
 
 q/k of block l come from the store (``b{l}.q``, ``b{l}.k``: ``qk_source == "stored"``) or are recomputed
 from block l's stored input residual stream with the frozen LN1/Wq/Wk (``stages.models.qk``,
-``"recomputed"``; methods.md §5.1 compact alternative). Affinities are computed in fp32 even under autocast.
+``"recomputed"``: the compact store, exact up to the storage dtype). Affinities are computed in fp32 even
+under autocast.
 
 Deviation from the EVL reference: there the temporal conv keeps PyTorch's default (random) init; here its
 weight and bias start at zero too, so that all three temporal modules add exactly zero at initialisation
@@ -48,7 +50,7 @@ def relative_index(grid: int) -> torch.Tensor:
 
 
 class CrossFrameAttention(nn.Module):
-    """EVL's temporal cross-frame attention (§2.3 item 3); the W tables start at zero."""
+    """EVL's temporal cross-frame attention; the W tables start at zero."""
 
     def __init__(self, width: int, grid: int) -> None:
         super().__init__()
@@ -98,7 +100,7 @@ class TemporalModules(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """``x + MHA(LN(x), LN(F), LN(F))`` then ``x + MLP(LN(x))`` (§2.2)."""
+    """``x + MHA(LN(x), LN(F), LN(F))`` then ``x + MLP(LN(x))`` (the EVL decoder layer)."""
 
     def __init__(self, dim: int, width: int, heads: int, mlp_ratio: float, dropout: float, act: str) -> None:
         super().__init__()
@@ -172,22 +174,22 @@ class EVLHead(Head):
 def _choose_layers(tensors: dict, backbone: dict, layers: int) -> list[int]:
     """The deepest ``layers`` blocks whose tokens are stored, shallow to deep."""
     if layers < 1:
-        raise ConfigError(f"head.layers={layers} must be >= 1")
+        raise ConfigError(f"head.options.layers={layers} must be >= 1")
     stored = block_layers(tensors, "tokens")
     if len(stored) >= layers:
         return stored[-layers:]
     depth = int(backbone.get("depth", stored[-1] + 1 if stored else layers))
     if layers > depth:
         raise StoreMismatchError(
-            f"evl head.layers={layers} exceeds the backbone's {depth} blocks; "
-            f"set head.layers={len(stored) or 1}"
+            f"evl head.options.layers={layers} exceeds the backbone's {depth} blocks; "
+            f"set head.options.layers={len(stored) or 1}"
         )
     wanted = [f"b{layer}.tokens" for layer in range(max(0, depth - layers), depth)]
     raise StoreMismatchError(
-        f"evl with head.layers={layers} needs the tokens of the last {layers} blocks ({wanted}); the store "
-        f"has {[f'b{layer}.tokens' for layer in stored] or 'no b*.tokens'} (missing "
+        f"evl with head.options.layers={layers} needs the tokens of the last {layers} blocks ({wanted}); "
+        f"the store has {[f'b{layer}.tokens' for layer in stored] or 'no b*.tokens'} (missing "
         f"{[n for n in wanted if n not in tensors]}). Extract with these tensors, "
-        f"or set head.layers={len(stored) or 1}"
+        f"or set head.options.layers={len(stored) or 1}"
     )
 
 
@@ -217,7 +219,7 @@ def _plan_all_qk(chosen: list[int], tensors: dict, frozen: dict | None) -> list[
             + "; ".join(problems)
             + ". Extract with tensors b{l}.q and b{l}.k (exact, larger), or with the residual inputs "
             "b{l-1}.tokens (embed.tokens for l=0) plus the frozen q/k weights (compact), "
-            "or set head.cross_frame=false"
+            "or set head.options.cross_frame=false"
         )
     return found  # type: ignore[return-value]
 
@@ -230,11 +232,11 @@ def build_evl(
     num_classes: int,
     num_frames: int,
     frozen: dict[str, np.ndarray] | None = None,
-    layers: int = 4,  # K = 4 in every EVL K400 recipe (12 for SSv2), §2.1
+    layers: int = 4,  # K = 4 in every EVL K400 recipe (12 for SSv2)
     dim: int | None = None,  # None: the backbone width, as EVL
     heads: int | None = None,  # None: the backbone's heads, as EVL
-    mlp_ratio: float = 4.0,  # EVL decoder MLP, §2.2
-    dropout: float = 0.5,  # EVL: before fc2 of the decoder MLP and before the classifier, §2.2/§2.4
+    mlp_ratio: float = 4.0,  # EVL decoder MLP
+    dropout: float = 0.5,  # EVL: before fc2 of the decoder MLP and before the classifier
     activation: str = "quick_gelu",  # EVL decoder uses CLIP's QuickGELU
     temporal_conv: bool = True,  # all three temporal modules on, as in EVL (each has an ablation switch)
     temporal_pos: bool = True,
@@ -249,7 +251,7 @@ def build_evl(
         dim: decoder width; default the backbone width (keys/values keep the token width).
         heads: decoder heads; default the backbone's heads.
         mlp_ratio, dropout, activation ("quick_gelu" | "gelu"): decoder MLP.
-        temporal_conv, temporal_pos, cross_frame: switch each temporal module (§2.3).
+        temporal_conv, temporal_pos, cross_frame: switch each temporal module (for ablations).
     """
     chosen = _choose_layers(tensors, backbone, layers)
     L, width = (int(s) for s in tensors[f"b{chosen[-1]}.tokens"])
@@ -257,7 +259,7 @@ def build_evl(
     if cross_frame and L != 1 + grid * grid:
         raise StoreMismatchError(
             f"evl cross_frame needs tokens = 1 CLS + grid^2 patches, but b{chosen[-1]}.tokens has {L} tokens "
-            f"for grid {grid}; store unpooled tokens, or set head.cross_frame=false"
+            f"for grid {grid}; store unpooled tokens, or set head.options.cross_frame=false"
         )
     plans = _plan_all_qk(chosen, tensors, frozen) if cross_frame else [None] * len(chosen)
     eps = float(backbone.get("ln_eps", 1e-5))
@@ -270,7 +272,7 @@ def build_evl(
     dim = dim or int(backbone.get("width", width))
     return EVLHead(
         layers=chosen, qk_plan=plans, frozen_qk=frozen_qk, width=width, grid=grid, num_frames=num_frames,
-        num_classes=num_classes, dim=dim, heads=pick_heads(dim, heads, n_heads, "head.heads"),
+        num_classes=num_classes, dim=dim, heads=pick_heads(dim, heads, n_heads, "head.options.heads"),
         mlp_ratio=mlp_ratio, dropout=dropout, activation=activation, temporal_conv=temporal_conv,
         temporal_pos=temporal_pos, cross_frame=cross_frame,
     )  # fmt: skip

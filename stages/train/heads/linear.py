@@ -4,7 +4,7 @@
       --mean over T--> [B, d] --Dropout--> --Linear(d, C)--> logits [B, C]
 
 The usual frozen-feature baseline (CLIP-style linear probe averaged over frames); it sees no temporal
-order, so it bounds from below what the temporal heads (methods.md §1, §2) add.
+order, so it bounds from below what the temporal heads (``vivit_fe``, ``evl``) add.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """``vivit_fe``: ViViT factorised-encoder temporal transformer over frozen per-frame CLS vectors, with the
-compact adapter of Gowda, Arnab, Huang 2023 (methods.md §1.1 temporal half, §1.4 recipe).
+compact adapter of Gowda, Arnab, Huang 2023, "Optimizing ViViT Training" (arXiv 2306.04822): the
+temporal half of ViViT's factorised encoder (Arnab et al. 2021, Model 2) trained over a frozen spatial one.
 
     feats[feature] [B, T, e] --adapter--> [B, T, e] --Linear(e, dim) if e != dim--> [B, T, dim]
       --prepend CLS [B, 1, dim], + pos [1, 1+T, dim]--> [B, 1+T, dim]
@@ -14,7 +15,7 @@ exactly the features it was trained on):
 As in scenic's ViViT-FE: temporal CLS zero-initialised, position embedding N(0, 0.02), classifier
 weight and bias zero. Training on more frames than a checkpoint saw: :meth:`ViViTFEHead.load_from`
 copies every weight and interpolates the temporal position embedding in 1-D (CLS slot kept apart),
-like scenic's ``interpolate_1d_positional_embeddings`` (§1.2).
+like scenic's ``interpolate_1d_positional_embeddings``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class MlpAdapter(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        hidden = max(1, dim // 4)  # "compact": a quarter of the width (methods.md §1.4)
+        hidden = max(1, dim // 4)  # "compact": a quarter of the width (Gowda et al. 2023)
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
@@ -103,7 +104,7 @@ class ViViTFEHead(Head):
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(dim, num_classes)
-        nn.init.zeros_(self.classifier.weight)  # zero-initialised kernel (ViViT, §1.1 step 4)
+        nn.init.zeros_(self.classifier.weight)  # zero-initialised kernel (ViViT, as scenic)
         nn.init.zeros_(self.classifier.bias)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -164,14 +165,15 @@ def _tokens_name(tensors: dict[str, tuple[int, ...]], tokens_layer: str | None) 
         if not layers:
             raise StoreMismatchError(
                 f"vivit_fe adapter='query' needs a frame's patch tokens ('b*.tokens') but the store holds "
-                f"{sorted(tensors)}; extract with b{{depth-1}}.tokens, or set head.adapter=mlp"
+                f"{sorted(tensors)}; extract with b{{depth-1}}.tokens, or set head.options.adapter=mlp"
             )
         return f"b{layers[-1]}.tokens"
     name = tokens_layer if "." in tokens_layer else f"{tokens_layer}.tokens"
     if name not in tensors or name.rpartition(".")[2] not in ("tokens", "pooled"):
         raise StoreMismatchError(
-            f"head.tokens_layer={tokens_layer!r}: {name!r} is not a stored '*.tokens' or '*.pooled' tensor "
-            f"(store holds {sorted(tensors)}); extract it, or unset head.tokens_layer (deepest b*.tokens)"
+            f"head.options.tokens_layer={tokens_layer!r}: {name!r} is not a stored '*.tokens' or '*.pooled' "
+            f"tensor (store holds {sorted(tensors)}); extract it, or unset head.options.tokens_layer "
+            "(deepest b*.tokens)"
         )
     return name
 
@@ -186,7 +188,7 @@ def _adapter(kind: str, tensors: dict, backbone: dict, feat_dim: int, tokens_lay
         return QueryAdapter(name, token_dim, feat_dim, heads)
     if kind == "none":
         return NoAdapter()
-    raise ConfigError(f"head.adapter={kind!r} is unknown; expected one of {list(ADAPTERS)}")
+    raise ConfigError(f"head.options.adapter={kind!r} is unknown; expected one of {list(ADAPTERS)}")
 
 
 @HEADS.register("vivit_fe")
@@ -199,11 +201,11 @@ def build_vivit_fe(
     frozen: dict[str, np.ndarray] | None = None,
     feature: str | None = None,  # None: final.cls, else the deepest CLS (ViViT-FE reads the spatial CLS)
     dim: int | None = None,  # None: the feature width, no projection needed
-    depth: int = 4,  # ViViT-B/L FE temporal depth on K400/EK/SSv2 (methods.md §1.1)
+    depth: int = 4,  # ViViT-B/L FE temporal depth on K400/EK/SSv2 (scenic configs)
     heads: int | None = None,  # None: largest divisor of dim up to 4 (small widths in a light head)
     mlp_ratio: float = 4.0,  # ViT standard
     dropout: float = 0.0,  # released ViViT configs use 0
-    adapter: str = "mlp",  # option A, the compact adapter (§1.4)
+    adapter: str = "mlp",  # option A, the compact adapter (Gowda et al. 2023)
     tokens_layer: str | None = None,  # None: the deepest stored b*.tokens (the most semantic patches)
     input_norm: bool = False,  # standardise per-frame features over the batch (weak/random backbones)
 ) -> ViViTFEHead:
@@ -224,9 +226,9 @@ def build_vivit_fe(
     """
     name, feat_dim = blocks.resolve_cls_feature(tensors, feature)
     dim = dim or feat_dim
-    heads = pick_heads(dim, heads, 4, "head.heads")
+    heads = pick_heads(dim, heads, 4, "head.options.heads")
     if num_frames < 1 or depth < 0:
-        raise ConfigError(f"need num_frames >= 1 and head.depth >= 0, got {num_frames} and {depth}")
+        raise ConfigError(f"need num_frames >= 1 and head.options.depth >= 0, got {num_frames} and {depth}")
     return ViViTFEHead(
         feature=name, feat_dim=feat_dim, adapter=_adapter(adapter, tensors, backbone, feat_dim, tokens_layer),
         num_classes=num_classes, num_frames=num_frames, dim=dim, depth=depth, heads=heads,

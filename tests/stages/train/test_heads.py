@@ -157,16 +157,16 @@ def without(*prefixes):
 
 
 MISMATCHES = [  # head, store view, pass frozen, options, expected message
-    ("evl", without("b0."), True, {"layers": 3}, r"last 3 blocks.*missing \['b0\.tokens'\].*head\.layers=2"),
+    ("evl", without("b0."), True, {"layers": 3}, r"3 blocks.*missing \['b0\.tokens'\].*options\.layers=2"),
     ("evl", without(), True, {}, r"layers=4 exceeds the backbone's 3 blocks"),
     ("evl", without("b0.q", "b0.k", "b1.q", "b1.k", "b2.q", "b2.k"), False, {"layers": 2},
      r"block 1: neither 'b1\.q'\+'b1\.k'.*frozen b1\.ln_1\.weight.*cross_frame=false"),
     ("evl", only("b1.tokens", "b2.tokens"), True, {"layers": 2},
      r"block 1: .*missing \['b1\.q', 'b1\.k', 'b0\.tokens'\]"),
-    ("vivit_fe", only("final.cls"), False, {"adapter": "query"}, r"'b\*\.tokens'.*head\.adapter=mlp"),
+    ("vivit_fe", only("final.cls"), False, {"adapter": "query"}, r"'b\*\.tokens'.*options\.adapter=mlp"),
     ("vivit_fe", without(), False, {"adapter": "query", "tokens_layer": "b7"}, r"'b7\.tokens' is not"),
     ("vivit_fe", only("embed.tokens"), False, {}, r"holds none of 'final\.cls', 'b\*\.cls', 'b\*\.tokens'"),
-    ("linear", without(), False, {"feature": "b9.cls"}, r"head\.feature='b9\.cls' is not in the store"),
+    ("linear", without(), False, {"feature": "b9.cls"}, r"options\.feature='b9\.cls' is not in"),
 ]  # fmt: skip
 
 
@@ -177,9 +177,9 @@ def test_store_mismatch_is_refused_with_a_fix(name, view, with_frozen, options, 
 
 
 BAD_OPTIONS = [
-    ("vivit_fe", {"heads": 5}, r"head\.heads=5 must be a positive divisor of the width 16"),
-    ("vivit_fe", {"adapter": "lora"}, r"head\.adapter='lora' is unknown"),
-    ("evl", {"layers": 0}, r"head\.layers=0 must be >= 1"),
+    ("vivit_fe", {"heads": 5}, r"head\.options\.heads=5 must be a positive divisor of the width 16"),
+    ("vivit_fe", {"adapter": "lora"}, r"head\.options\.adapter='lora' is unknown"),
+    ("evl", {"layers": 0}, r"head\.options\.layers=0 must be >= 1"),
     ("evl", {"activation": "relu6"}, r"activation 'relu6' is unknown"),
     ("linear", {"feature": "b2.q"}, r"not a '\*\.cls' or '\*\.tokens'"),
 ]
@@ -316,7 +316,7 @@ def test_evl_cross_frame_skips_cls_and_clip_ends(feats, frozen):
 
 
 def naive_cross_frame(tokens, q, k, w_prev, w_next):
-    """EVL cross-frame attention written out frame by frame and patch by patch (§2.3 item 3)."""
+    """EVL cross-frame attention written out frame by frame and patch by patch, as the paper says."""
     out, (_, frames, _, heads, dh) = tokens.clone(), q.shape
     coords = [(p // GRID, p % GRID) for p in range(GRID * GRID)]
     offset = [

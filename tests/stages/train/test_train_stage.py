@@ -126,7 +126,8 @@ BAD_INPUTS = [  # (case, config sections, error, message pattern)
         "head lacks layers",
         {"head": {"name": "evl", "options": {"layers": 2}}},
         StoreMismatchError,
-        r"evl with head.layers=2 needs the tokens of the last 2 blocks \(\[.b0.tokens., .b1.tokens.\]\)",
+        r"evl with head.options.layers=2 needs the tokens of the last 2 blocks "
+        r"\(\[.b0.tokens., .b1.tokens.\]\)",
     ),
     (
         "unknown head option",

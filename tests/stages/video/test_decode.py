@@ -240,9 +240,15 @@ def test_bad_corpus_entry_decodes_or_fails_clearly(corpus, name):
             return reader.get_frames([0, reader.info.num_frames - 1]), reader.info
 
     if expectation == FAILS:
-        with pytest.raises(DecodeError, match=r"cannot decode .*probably not a video") as err:
+        wrong_path = name == "directory"  # no re-encoding helps: the message points at the path instead
+        match = (
+            r"cannot read .*is a directory.*check the path"
+            if wrong_path
+            else r"cannot decode .*probably not a video"
+        )
+        with pytest.raises(DecodeError, match=match) as err:
             _run_with_timeout(attempt)
-        assert Path(path).name in str(err.value)
+        assert Path(path).name in str(err.value) and ("re-encode" in str(err.value)) != wrong_path
     else:
         assert expectation == DECODES
         frames, info = _run_with_timeout(attempt)
@@ -296,3 +302,9 @@ def test_real_clips_agree_between_backends(path):
         fa, fb = a.get_frames(idx), b.get_frames(idx)
     assert fa.shape == fb.shape == (3, a.info.height, a.info.width, 3)
     assert np.abs(fa.astype(np.int16) - fb.astype(np.int16)).mean() < 3.0
+
+
+def test_a_missing_file_is_a_path_problem_not_a_bad_video(tmp_path):
+    with pytest.raises(DecodeError, match=r"cannot read .*gone\.mp4'?: no such file; check the path") as err:
+        open_video(tmp_path / "gone.mp4")
+    assert "re-encode" not in str(err.value)
