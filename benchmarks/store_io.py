@@ -10,6 +10,8 @@ What it measures, in one run and one folder (``--dir``, default: a temp folder u
 - store, per compression (zstd, lz4, none): ``PartWriter`` adding the same videos (+ fsync of its files),
   ``FeatureStore.iter_chunks`` (16 frames) over every video, ``read_clips`` of 8 frames stride 2 at
   random positions in batches of 16;
+- integrity on read: ``FeatureStore.check`` of every video (read + CRC-32 + NaN/Inf scan), what a
+  training loader pays once per video and loader process (``data.integrity=check``, the default);
 - bytes per frame, logical and on disk (zstd), for float16 tokens, int8 tokens (+ scale) and a 7x7
   pooled patch grid (from the 14x14 grid).
 
@@ -210,12 +212,19 @@ def store_io(
         for batch in batches:
             fs.read_clips([(f"v{v:04d}", 0, s + frames) for v, s in batch], tensors=[name], dtype=np.float16)
 
+    def check() -> None:  # integrity on read: what a loader pays the first time it reads each video
+        fs = FeatureStore(path)
+        for i in range(len(videos)):
+            assert not fs.check(f"v{i:04d}", tensors=[name])
+
     logical = sum(x.nbytes for x in videos)
     t_write = timed(write)
     mode = drop_cache(files_under(part_dir), cache)
     t_seq = timed(read_seq)
     drop_cache(files_under(part_dir), cache)
     t_clips = timed(read_clips)
+    drop_cache(files_under(part_dir), cache)
+    t_check = timed(check)
     frames = sum(len(x) for x in videos)
     disk = sum(p.stat().st_size for p in files_under(part_dir / name))
     clip_bytes = len(batches) * CLIP_BATCH * CLIP_T * videos[0][0].nbytes
@@ -223,6 +232,7 @@ def store_io(
         "write_MBps": logical / MB / t_write,
         "seq_read_MBps": logical / MB / t_seq,
         "clip_read_MBps": clip_bytes / MB / t_clips,
+        "check_MBps": logical / MB / t_check,
         "logical_bytes": logical,
         "cache": mode,
         "disk_bytes": disk,
@@ -323,16 +333,18 @@ def table(result: dict[str, Any]) -> Iterator[str]:
     raw = result["raw"]
     yield (
         "| compression | write MB/s | raw write MB/s | write ratio | seq read MB/s | raw seq read MB/s | "
-        "read ratio | clip read MB/s | raw clip read MB/s | clip ratio | disk B/frame | target >= 0.7 |"
+        "read ratio | clip read MB/s | raw clip read MB/s | clip ratio | integrity check MB/s | disk B/frame "
+        "| target >= 0.7 |"
     )
-    yield "|" + "---|" * 12
+    yield "|" + "---|" * 13
     for comp, r in result["store"].items():
         ok = r["write_ratio"] >= TARGET and r["read_ratio"] >= TARGET
         yield (
             f"| {comp} | {r['write_MBps']:.0f} | {raw['write_MBps']:.0f} | {r['write_ratio']:.2f} | "
             f"{r['seq_read_MBps']:.0f} | {raw['seq_read_MBps']:.0f} | {r['read_ratio']:.2f} | "
             f"{r['clip_read_MBps']:.0f} | {raw['clip_read_MBps']:.0f} | {r['clip_ratio']:.2f} | "
-            f"{r['disk_bytes_per_frame']:,.0f} | {'PASS' if ok else 'FAIL'} |"
+            f"{r.get('check_MBps', float('nan')):.0f} | {r['disk_bytes_per_frame']:,.0f} | "
+            f"{'PASS' if ok else 'FAIL'} |"
         )
     yield ""
     yield "| codec on the same data (numcodecs, 1 thread) | disk / logical | MB/s |"

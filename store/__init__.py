@@ -21,6 +21,7 @@ _EXPORTS = {
     "VideoRecord": "store.reader",
     "StoreSpec": "store.schema",
     "TensorSpec": "store.schema",
+    "dedupe": "store.integrity",
     "finalize": "store.integrity",
     "inspect": "store.integrity",
     "verify": "store.integrity",

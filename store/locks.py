@@ -1,4 +1,5 @@
-"""Part locks: one live writer per part, and what other processes can learn about that writer.
+"""Locks: one live writer per part, one owner for creating or deleting a store, and what other processes
+can learn about the writers.
 
 A part's ``LOCK`` file holds the writer's host and pid (``store/layout.py``). A writer takes it atomically;
 a dead local owner's lock is taken over; a live one (or one on another host, which cannot be checked from
@@ -8,10 +9,13 @@ another host).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +83,56 @@ def acquire(lock: Path, steal: bool) -> Path:
             )
     os.replace(tmp, lock)
     return lock
+
+
+@contextlib.contextmanager
+def store_admin(root: Path, *, wait_s: float = 60.0) -> Iterator[None]:
+    """Exclusive right to create, check or delete the store at ``root`` (a ``flock`` on ``ROOT.lock``
+    beside it): two extractions starting at once on a new store create it once, one after the other.
+
+    Raises:
+        StoreError: another process held it for ``wait_s`` seconds.
+    """
+    lock = root.with_name(root.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as f:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"another process has been creating or deleting the store {root} for {wait_s:.0f} s "
+                        f"(it holds {lock}); wait for it to finish, then run again"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def live_writers(root: Path) -> dict[str, str]:
+    """Part name -> a readable description of its writer, for every part of the store at ``root`` whose LOCK
+    names a writer that is, or may be, alive (a live local pid, or any pid on another host, which cannot be
+    checked from here)."""
+    out = {}
+    parts = root / layout.PARTS_GROUP
+    for lock in sorted(parts.glob(f"*/{layout.LOCK_FILE}")) if parts.is_dir() else []:
+        owner = read_lock(root, lock.parent.name) or {}
+        here = owner.get("host") == socket.gethostname()
+        if here and not local_writer_alive(owner):
+            continue
+        where = "this host" if here else f"host {owner.get('host')} (cannot be checked from here)"
+        out[lock.parent.name] = f"part {lock.parent.name}: pid {owner.get('pid')} on {where}"
+    return out
+
+
+def split_of(part: str) -> str:
+    """The split scheme a part name belongs to: ``"plain"`` for ``p0003``, ``"of-0008"`` for
+    ``p0003-of-0008``. Parts of one scheme hold disjoint videos by construction; parts of two schemes may
+    overlap, so their writers must never run at the same time."""
+    _, sep, count = part.partition("-of-")
+    return f"of-{count}" if sep else "plain"

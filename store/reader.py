@@ -41,6 +41,9 @@ class VideoRecord:
     checksum: str
     meta: dict[str, Any] = field(default_factory=dict)
     view_meta: dict[int, dict[str, Any]] = field(default_factory=dict)
+    checksum_algo: str = "crc32"
+    column_crcs: dict[str, str] = field(default_factory=dict)  # "{view}/{array}" -> CRC (crc32-v2 records)
+    header: dict[str, Any] = field(default_factory=dict)  # what the digest covers besides the data
 
     def rows(self, view: int = 0) -> int:
         return self.views[view][1]
@@ -49,8 +52,15 @@ class VideoRecord:
 class FeatureStore:
     """Read-only view of a store on local disk or at any fsspec URL. Picklable (for loader workers)."""
 
-    def __init__(self, path: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        storage_options: dict[str, Any] | None = None,
+        *,
+        allow_duplicates: bool = False,
+    ) -> None:
         self.path = str(path)
+        self.allow_duplicates = allow_duplicates  # verify, inspect and dedupe look at a damaged store
         self.storage_options = storage_options
         self._group: zarr.Group | None = None
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
@@ -98,17 +108,34 @@ class FeatureStore:
         return state
 
     def refresh(self) -> None:
-        """Re-read the commit and failure logs of every part."""
-        videos, failures, self.log_problems = [], {}, []
+        """Re-read the commit and failure logs of every part.
+
+        Raises:
+            StoreCorruptError: two parts committed the same id (unless opened with ``allow_duplicates``).
+        """
+        videos, failures, self.log_problems, self.log_lines = [], {}, [], {}
         for part in self.parts():
             records, bad = read_log(self._join(layout.part_path(part), layout.COMMITS_FILE))
             self.log_problems += [
                 f"{part}/{layout.COMMITS_FILE} line {n}: unreadable (checksum)" for n in bad
             ]
-            videos += [_record(part, r) for r in records]
+            self.log_lines[part] = len(records)
+            retracted = {r["retract"] for r in records if "retract" in r}
+            videos += [_record(part, r) for r in records if "retract" not in r and r["id"] not in retracted]
             for f in read_log(self._join(layout.part_path(part), layout.FAILURES_FILE))[0]:
                 failures[f["id"]] = f | {"part": part}
-        videos.sort(key=lambda v: v.id)
+        videos.sort(key=lambda v: (v.id, v.part))
+        seen: dict[str, list[str]] = {}
+        for v in videos:
+            seen.setdefault(v.id, []).append(v.part)
+        self.duplicates = {vid: parts for vid, parts in seen.items() if len(parts) > 1}
+        if self.duplicates and not self.allow_duplicates:
+            shown = "; ".join(f"{vid} in {', '.join(p)}" for vid, p in list(self.duplicates.items())[:5])
+            raise StoreCorruptError(
+                f"{self.path}: {len(self.duplicates)} video ids were committed by more than one part ({shown}"
+                f"{'; ...' if len(self.duplicates) > 5 else ''}): two extractions wrote this store at once. "
+                f"Run `twostage dedupe {self.path}` to keep one copy of each."
+            )
         self.videos: list[VideoRecord] = videos
         self._by_id = {v.id: i for i, v in enumerate(videos)}
         self.failures = [f for vid, f in sorted(failures.items()) if vid not in self._by_id]
@@ -155,6 +182,63 @@ class FeatureStore:
             name: np.asarray(group[f"{layout.FROZEN_GROUP}/{name}"][...])  # type: ignore[index]
             for name in self.spec.frozen
         }
+
+    # -- integrity --------------------------------------------------------------------------------
+    def check(
+        self,
+        video: int | str | VideoRecord,
+        views: Sequence[int] | None = None,
+        tensors: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Problems of one committed video's stored bytes: checksum mismatches and NaN/Inf values.
+
+        Current records ("crc32-v2") are checked column by column, so ``views`` and ``tensors`` (default:
+        all) limit what is read; the record's own label and row pointers are checked against its digest.
+        First-format records have one checksum over every column: they are always read whole.
+        """
+        rec = video if isinstance(video, VideoRecord) else self.video(video)
+        if rec.checksum_algo != codecs.DIGEST_ALGO:
+            return self._check_whole(rec)
+        problems = []
+        if codecs.video_digest(rec.header, rec.column_crcs) != rec.checksum:
+            problems.append(
+                "its commit record (label, row pointers or column checksums) was changed after it was "
+                "committed"
+            )
+        names = [*layout.ROW_ARRAYS, *self._stored(self._names(tensors))]
+        for view in sorted(rec.views) if views is None else views:
+            start, n = self._view(rec, view)
+            for name in names:
+                key = f"{view}/{name}"
+                values = self.read_raw(rec.part, name, start, start + n)
+                if len(values) != n or codecs.column_crc(key, values) != rec.column_crcs.get(key):
+                    problems.append(f"view {view}: {name}: checksum mismatch (changed after the commit)")
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    problems.append(f"view {view}: {name} holds NaN/Inf values")
+        return problems
+
+    def _check_whole(self, rec: VideoRecord) -> list[str]:
+        checksum, problems = codecs.Checksum(), []
+        for view, (start, n) in sorted(rec.views.items()):
+            for name in sorted([*layout.ROW_ARRAYS, *self._stored(self._names(None))]):
+                values = self.read_raw(rec.part, name, start, start + n)
+                if len(values) != n:
+                    return [f"view {view}: {name} has {len(values)} rows on disk, the index says {n}"]
+                checksum.update(f"{view}/{name}", values)
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    problems.append(f"view {view}: {name} holds NaN/Inf values")
+        if checksum.hexdigest() != rec.checksum:
+            problems.insert(0, "checksum mismatch: the stored bytes changed after they were committed")
+        return problems
+
+    def _stored(self, names: Sequence[str]) -> list[str]:
+        """The arrays that hold ``names``: int8 tensors come with their scale array."""
+        out = []
+        for name in names:
+            out.append(name)
+            if self.spec.tensor(name).quantised:
+                out.append(name + layout.SCALE_SUFFIX)
+        return out
 
     # -- reading ----------------------------------------------------------------------------------
     def array(self, part: str, name: str) -> zarr.Array:
@@ -257,6 +341,7 @@ class FeatureStore:
 
 
 def _record(part: str, r: dict[str, Any]) -> VideoRecord:
+    checksum = r["checksum"]
     views = {int(v["view"]): (int(v["row_start"]), int(v["n_rows"])) for v in r["views"]}
     view_meta = {
         int(v["view"]): {k: x for k, x in v.items() if k not in ("view", "row_start", "n_rows")}
@@ -270,7 +355,10 @@ def _record(part: str, r: dict[str, Any]) -> VideoRecord:
         num_frames=int(r["num_frames"]),
         part=part,
         views=views,
-        checksum=r["checksum"]["value"],
+        checksum=checksum["value"],
         meta=r.get("meta", {}),
         view_meta=view_meta,
+        checksum_algo=checksum.get("algo", "crc32"),
+        column_crcs=dict(checksum.get("columns", {})),
+        header=codecs.record_header(r),
     )

@@ -94,21 +94,44 @@ def create_store(
         NotAStoreError: the path exists, is not empty, and is not a twostage store (never deleted).
     """
     root = Path(path)
-    if root.exists() and any(root.iterdir()):
-        attrs = read_root_attrs(root)  # raises NotAStoreError for foreign folders
-        check_format(attrs, str(root))
-        if attrs["fingerprint"] == spec.fingerprint:
-            return
-        if not overwrite:
-            changes = diff(StoreSpec.from_json(attrs).identity(), spec.identity())
-            raise StoreMismatchError(
-                f"store {root} was extracted with another config ({len(changes)} differences: "
-                + "; ".join(changes[:8])
-                + ("; ..." if len(changes) > 8 else "")
-                + "). Use another store path, or start anew with store.overwrite=true (deletes its "
-                f"{count_committed(root)} committed videos)."
-            )
-        shutil.rmtree(root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(
+            f"store.path={root} is a file; a store is a folder (new, or one `twostage extract` wrote): "
+            "give another path"
+        )
+    with locks.store_admin(root):  # one process creates, checks or deletes at a time
+        if root.exists() and any(root.iterdir()):
+            attrs = read_root_attrs(root)  # raises NotAStoreError for foreign folders
+            check_format(attrs, str(root))
+            if attrs["fingerprint"] == spec.fingerprint:
+                return
+            _refuse_replacing(root, attrs, spec, overwrite)
+            shutil.rmtree(root)
+        _create(root, spec, frozen)
+
+
+def _refuse_replacing(root: Path, attrs: dict[str, Any], spec: StoreSpec, overwrite: bool) -> None:
+    """Refuse to replace a store made with another config, unless asked to and nobody is writing it."""
+    if not overwrite:
+        changes = diff(StoreSpec.from_json(attrs).identity(), spec.identity())
+        raise StoreMismatchError(
+            f"store {root} was extracted with another config ({len(changes)} differences: "
+            + "; ".join(changes[:8])
+            + ("; ..." if len(changes) > 8 else "")
+            + "). Use another store path, or start anew with store.overwrite=true (deletes its "
+            f"{count_committed(root)} committed videos)."
+        )
+    writers = locks.live_writers(root)
+    if writers:
+        raise StoreError(
+            f"store.overwrite=true would delete {root} while it is being written "
+            f"({'; '.join(writers.values())}); "
+            "wait for that extraction to end (or stop it), then run again. A LOCK left by a writer that "
+            "died on another host can be deleted by hand."
+        )
+
+
+def _create(root: Path, spec: StoreSpec, frozen: dict[str, np.ndarray] | None) -> None:
     group = zarr.create_group(
         store=str(root),
         zarr_format=3,
@@ -182,8 +205,11 @@ class PartWriter:
         self.spec = StoreSpec.from_json(attrs)
         self.part = part
         self.dir = self.path / layout.part_path(part)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock: Path | None = locks.acquire(self.dir / layout.LOCK_FILE, steal_lock)
+        with locks.store_admin(self.path):  # no overwrite can start between these checks and our LOCK
+            read_root_attrs(self.path)  # the store may have been replaced while we waited
+            self._refuse_other_splits()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock: Path | None = locks.acquire(self.dir / layout.LOCK_FILE, steal_lock)
         self.commit_interval_s = commit_interval_s
         storage = self.spec.storage
         shard_bytes = int((shard_mb or storage.get("shard_mb", 64)) * (1 << 20))
@@ -198,6 +224,7 @@ class PartWriter:
         )
         self._committed, self._next_row = self._resume()
         self._seen = set(self._committed)  # committed or buffered: an id may be added once
+        self._elsewhere = self._committed_elsewhere()  # id -> part: another part already holds it
         self._pending: deque[tuple[int, dict[str, Any]]] = deque()  # (end row, commit record), row order
         self._last_commit = time.monotonic()
 
@@ -210,18 +237,23 @@ class PartWriter:
         validate_id(video.id)
         if video.id in self._seen:
             raise StoreError(f"video {video.id!r} is already in part {self.part}; ids must be unique")
+        if video.id in self._elsewhere:
+            raise StoreError(
+                f"video {video.id!r} is already committed in part {self._elsewhere[video.id]} of "
+                f"{self.path}; ids are unique across a store (skip the ids `FeatureStore(path).videos` lists)"
+            )
         if not views:
             raise StoreError(f"video {video.id!r} has no views to store")
         views = sorted(views, key=lambda v: v.view)  # verify re-hashes views in this order
         if len({v.view for v in views}) != len(views):
             raise StoreError(f"video {video.id!r} repeats a view number: {[v.view for v in views]}")
         all_columns = [self._columns(video.id, v) for v in views]  # validate every view before writing any
-        record_views, checksum = [], codecs.Checksum()
+        record_views, crcs = [], {}
         for v, columns in zip(views, all_columns, strict=True):
             n = len(v.time_s)
             record_views.append({"view": v.view, "row_start": self._next_row, "n_rows": n, **v.meta})
             for name, col in sorted(columns.items()):
-                checksum.update(f"{v.view}/{name}", col)
+                crcs[f"{v.view}/{name}"] = codecs.column_crc(f"{v.view}/{name}", col)
                 self._arrays[name].append(col)
             self._next_row += n
         record = {
@@ -232,8 +264,9 @@ class PartWriter:
             "num_frames": int(video.num_frames),
             "views": record_views,
             "meta": video.meta,
-            "checksum": {"algo": codecs.Checksum.algo, "value": checksum.hexdigest()},
         }
+        digest = codecs.video_digest(codecs.record_header(record), crcs)
+        record["checksum"] = {"algo": codecs.DIGEST_ALGO, "value": digest, "columns": crcs}
         self._pending.append((self._next_row, record))
         self._seen.add(video.id)
         if time.monotonic() - self._last_commit > self.commit_interval_s:
@@ -297,10 +330,32 @@ class PartWriter:
 
     def _resume(self) -> tuple[set[str], int]:
         records, _ = read_log(self.dir / layout.COMMITS_FILE, repair=True)
-        end = max((v["row_start"] + v["n_rows"] for r in records for v in r["views"]), default=0)
+        videos = [r for r in records if "retract" not in r]  # retractions (dedupe) hold no rows
+        end = max((v["row_start"] + v["n_rows"] for r in videos for v in r["views"]), default=0)
         for arr in self._arrays.values():
             arr.reset(end)
-        return {r["id"] for r in records}, end
+        return {r["id"] for r in videos}, end
+
+    def _refuse_other_splits(self) -> None:
+        """Parts of another split scheme may hold the same videos: their writers must not run with ours."""
+        mine = locks.split_of(self.part)
+        others = [w for part, w in locks.live_writers(self.path).items() if locks.split_of(part) != mine]
+        if others:
+            raise StoreError(
+                f"{self.path} is being written by another extraction with another split of the videos "
+                f"({'; '.join(others)}), which may write the same videos as this one (part {self.part}). "
+                "Wait for it to end, or run the same split (the same --part N, or the same cluster.parts)."
+            )
+
+    def _committed_elsewhere(self) -> dict[str, str]:
+        parts = self.path / layout.PARTS_GROUP
+        out: dict[str, str] = {}
+        for log in sorted(parts.glob(f"*/{layout.COMMITS_FILE}")):
+            if log.parent.name != self.part:
+                records = read_log(log)[0]
+                retracted = {r["retract"] for r in records if "retract" in r}
+                out |= {r["id"]: log.parent.name for r in records if "id" in r and r["id"] not in retracted}
+        return out
 
 
 def _stored_form(t: TensorSpec, value: Any, n: int, video_id: str) -> dict[str, np.ndarray]:

@@ -13,5 +13,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.run", "stage one then stage two (and a results table) from one config"),
     "inspect": ("pipeline.commands.inspect", "describe a feature store (--json for machines)"),
     "verify": ("pipeline.commands.verify", "recompute checksums and scan for NaN/Inf"),
+    "dedupe": ("pipeline.commands.dedupe", "keep one copy of each video id two extractions both committed"),
     "commit": ("pipeline.commit", "finish a store extracted as --part I/N runs: index and mark complete"),
 }  # fmt: skip

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda:1...")
     parser.add_argument("--clips", type=int, help="clips per stored view (default: data.eval_clips)")
     parser.add_argument("--allow-incomplete", action="store_true", help="score a store still being written")
+    parser.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="leave out videos that fail their checksum (default: stop)",
+    )
     return parser
 
 
@@ -44,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from stages.train.evaluate import evaluate_checkpoint
 
     m = evaluate_checkpoint(a.checkpoint, a.store, split=a.split, batch_size=a.batch_size, workers=a.workers,
-                            device=a.device, clips=a.clips, allow_incomplete=a.allow_incomplete)  # fmt: skip
+                            device=a.device, clips=a.clips, allow_incomplete=a.allow_incomplete,
+                            integrity="skip" if a.skip_damaged else "check")  # fmt: skip
     if m["training_videos"]:
         print(
             f"WARNING: {m['training_videos']} of the {m['videos']} scored videos were used to train this "

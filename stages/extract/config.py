@@ -45,6 +45,12 @@ class SamplingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.spatial_views not in (1, 3):
             raise ValueError(f"spatial_views must be 1 or 3, got {self.spatial_views}")
+        if self.target_fps is not None and not self.target_fps > 0:
+            raise ValueError(f"target_fps={self.target_fps}: expected frames per second > 0, or null")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames={self.max_frames}: expected >= 1, or null")
+        if self.short_side is not None and self.short_side < 1:
+            raise ValueError(f"short_side={self.short_side}: expected pixels >= 1, or null")
 
 
 @dataclass
@@ -62,6 +68,13 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not self.path:
             raise ValueError("path is required: the folder of the feature store (e.g. runs/feats.zarr)")
+        if not self.shard_mb > 0:  # also rejects NaN
+            raise ValueError(
+                f"shard_mb={self.shard_mb}: expected MB per shard > 0 (64 suits local disks, 256+ cluster "
+                "file systems)"
+            )
+        if not self.commit_interval_s >= 0:
+            raise ValueError(f"commit_interval_s={self.commit_interval_s}: expected seconds >= 0")
 
 
 @dataclass
@@ -77,6 +90,20 @@ class RunConfig:
     video_timeout_s: float = (
         600.0  # a decoder stuck this long on one video is killed; the video is recorded failed
     )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_failure_fraction <= 1.0:  # also rejects NaN
+            raise ValueError(
+                f"max_failure_fraction={self.max_failure_fraction}: expected a fraction in [0, 1] "
+                "(0.05 = fail the run when more than 5% of its videos failed)"
+            )
+        if self.decode_workers < 1 or not self.video_timeout_s > 0:
+            raise ValueError(
+                f"need decode_workers >= 1 and video_timeout_s > 0, got {self.decode_workers}, "
+                f"{self.video_timeout_s}"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit}: expected a number of videos >= 1, or null")
 
 
 @dataclass
@@ -112,3 +139,5 @@ class ExtractConfig:
             raise ValueError("source is required: a csv/jsonl list, a class-per-folder tree, or tar shards")
         if not self.tensors:
             raise ValueError("tensors is empty: name at least one, e.g. final.cls or b-1.tokens")
+        if self.pool < 1:
+            raise ValueError(f"pool={self.pool}: expected a grid side >= 1 (pooled tensors are pool x pool)")

@@ -34,7 +34,7 @@ def _context() -> Any:
     """Fork-server processes: forking after torch started threads is unsafe, and spawning re-imports torch
     per worker (seconds); the server imports the worker module once and forks clean children from it."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["stages.extract.worker"])
+    ctx.set_forkserver_preload(["stages.extract.forkserver_preload", "stages.extract.worker"])
     return ctx
 
 

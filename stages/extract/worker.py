@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.extract.lifeline import die_with_parent
 from stages.video import decode, sources
 from stages.video.preprocess import Preprocessing
 from stages.video.sampling import Sampling, ViewPlan, plan_views
@@ -151,12 +152,14 @@ def worker_main(
     run must not leave decoders blocked on its queues); never raises per video."""
     import torch
 
+    die_with_parent()  # the fork server is our parent: it dies with the extraction, and so do we
     torch.set_num_threads(1)  # one core per worker: parallelism comes from the number of workers
     send = _put(results, parent)
     while True:
         try:
             number = _get(tasks, parent)
         except ParentGone:
+            results.cancel_join_thread()  # do not wait at exit to flush into a pipe nobody reads
             return
         if number is None:
             return
@@ -165,6 +168,7 @@ def worker_main(
         try:
             decode_video(job, number, item, send)
         except ParentGone:
+            results.cancel_join_thread()
             return
         except Exception as e:  # noqa: BLE001 - one bad video never stops the run
             stage = getattr(e, "stage", "decode")
@@ -174,5 +178,6 @@ def worker_main(
             try:
                 send(("fail", number, stage, message))
             except ParentGone:
+                results.cancel_join_thread()
                 return
         slot.value = -1

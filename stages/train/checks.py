@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from stages.core.config import to_dict
-from stages.core.errors import CheckpointError, StoreError, StoreMismatchError
+from stages.core.errors import CheckpointError, StoreCorruptError, StoreError, StoreMismatchError
 from stages.train.config import RESUMABLE_CHANGES, TrainConfig
 from stages.train.outputs import CHECKPOINT_FORMAT
 from store import FeatureStore
@@ -34,6 +34,11 @@ def open_store(path: str, *, allow_incomplete: bool, key: str = "data.store") ->
             "still running, was killed, or its --part runs were not committed. Finish it (run the same "
             "`twostage extract` again, or `twostage commit STORE`), or set run.allow_incomplete=true to "
             "train on the committed videos only."
+        )
+    if store.log_problems and store.complete:
+        raise StoreCorruptError(
+            f"{key}={path} has damaged commit lines ({'; '.join(store.log_problems[:3])}): the videos they "
+            f"describe are invisible or wrong. Run `twostage verify {path}` and extract those videos again."
         )
     if not any(v.label >= 0 for v in store.videos):
         raise StoreError(

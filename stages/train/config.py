@@ -23,6 +23,7 @@ class DataConfig:
     token_dropout: float = 0.0  # train-time probability of zeroing a patch token (CLS kept): regulariser
     eval_clips: int = 1  # clips per stored view at eval, spread evenly (>1 for long dense views)
     short_videos: Literal["refuse", "pad"] = "refuse"  # a view shorter than a clip: refuse, or pad it
+    integrity: Literal["check", "skip", "off"] = "check"  # checksum each video on first read: stop / skip it
     batch_size: int = 32  # clips per step and process; small heads train well at 32-64
     eval_batch_size: int | None = None  # None = 2 x batch_size (no gradients kept at eval)
     workers: int = 2  # loader processes per training process; store reads overlap the step

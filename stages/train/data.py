@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -32,11 +33,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from stages.core.errors import StoreMismatchError
+from stages.core.errors import StoreCorruptError, StoreMismatchError
 from store import FeatureStore
 from store.contract import CELL_KINDS, TOKEN_KINDS
 
 VIEW_POLICIES = ("cycle", "random", "first")  # which stored view a video gives in each training epoch
+INTEGRITY = ("check", "skip", "off")  # what a reader does with a damaged video (see ClipDataset._sound)
 
 
 def split_ids(store: FeatureStore, val_fraction: float) -> tuple[list[str], list[str]]:
@@ -111,6 +113,8 @@ class ClipDataset(Dataset):
             ``random`` (uniform each epoch) or ``first`` (always view 0: no view augmentation).
         eval_clips: eval: clips per view, starts spread evenly over the stored rows.
         short_videos: ``refuse`` (:class:`StoreMismatchError` now) or ``pad`` a view shorter than a clip.
+        integrity: ``check`` each (video, view) against its checksums the first time it is read and stop
+            on damage, ``skip`` damaged videos with a warning, or ``off``.
 
     Raises:
         StoreMismatchError: a tensor the store lacks, or a clip longer than a stored view.
@@ -130,7 +134,11 @@ class ClipDataset(Dataset):
         views: str = "cycle",
         eval_clips: int = 1,
         short_videos: str = "refuse",
+        integrity: str = "check",
     ) -> None:
+        if integrity not in INTEGRITY:
+            raise ValueError(f"integrity must be one of {INTEGRITY}, got {integrity!r}")
+        self.integrity, self._checked, self._damaged = integrity, {}, set()
         if mode not in ("train", "eval") or views not in VIEW_POLICIES:
             raise ValueError(
                 f"need mode 'train' or 'eval' and views in {VIEW_POLICIES}, got {mode!r}, {views!r}"
@@ -190,7 +198,8 @@ class ClipDataset(Dataset):
 
     def __getitems__(self, keys: Sequence[Key]) -> dict[str, Any]:
         """A whole batch in one store read: ``{"feats": {name: [B, T, ...]}, "label": [B], "video": [B]}``."""
-        clips = [self.clip(k) for k in keys]
+        pairs = [(k, c) for k in keys if self._sound(c := self.clip(k))]
+        keys, clips = [k for k, _ in pairs], [c for _, c in pairs]
         feats = self.store.read_clips(
             [(self.ids[i], view, rows) for i, view, rows in clips], tensors=self.tensors, dtype=np.float16
         )
@@ -199,6 +208,28 @@ class ClipDataset(Dataset):
                 self._drop_tokens(feats, b, self._rng(split_key(key)[0], i, 1))
         videos = np.array([i for i, _, _ in clips], dtype=np.int64)
         return {"feats": feats, "label": self.labels[videos], "video": videos}
+
+    def _sound(self, clip: tuple[int, int, np.ndarray]) -> bool:
+        """Integrity on read: the first time this process reads a (video, view), its columns are checked
+        against their checksums and scanned for NaN/Inf. Damaged: stop (``integrity="check"``, the default)
+        or leave the video out with a warning (``"skip"``); ``"off"`` trusts the store."""
+        i, view, _ = clip
+        if self.integrity == "off":
+            return True
+        if (i, view) not in self._checked:
+            problems = self.store.check(self.ids[i], views=[view], tensors=self.tensors)
+            self._checked[(i, view)] = not problems
+            if problems and self.integrity == "check":
+                raise StoreCorruptError(
+                    f"video {self.ids[i]!r} of {self.store.path} is damaged ({'; '.join(problems)}). Run "
+                    f"`twostage verify {self.store.path}` for the full list and extract the damaged videos "
+                    "again, or set data.integrity=skip to train without them."
+                )
+            if problems and not any(j == i for j, _ in self._damaged):  # one warning per video
+                warnings.warn(f"skipping damaged video {self.ids[i]!r}: {'; '.join(problems)}", stacklevel=2)
+            if problems:
+                self._damaged.add((i, view))
+        return self._checked[(i, view)]
 
     def _drop_tokens(self, feats: dict[str, np.ndarray], b: int, rng: np.random.Generator) -> None:
         """Zero the same random patch tokens of clip ``b`` in every tensor with that token axis."""
@@ -290,7 +321,7 @@ class EpochLoader:
         self.sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world)
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-            collate_fn=collate or collate_clips, pin_memory=pin_memory,
+            collate_fn=collate or collate_clips, pin_memory=pin_memory, persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(seed),  # worker seeds: not the global RNG
         )  # fmt: skip
 

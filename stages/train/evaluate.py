@@ -128,6 +128,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     clips: int | None = None,
     allow_incomplete: bool = False,
+    integrity: str = "check",
 ) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on the labelled videos of ``store_path`` it did not train on (``split=
     "heldout"``), or on all of them (``"all"``: ``training_videos`` says how many trained it).
@@ -143,8 +144,8 @@ def evaluate_checkpoint(
     ids, seen, description = select_eval_ids(ckpt, store, split)
     data = ckpt["config"]["data"]
     dataset = ClipDataset(store, ids, data["frames"], data["stride"], "eval", head.inputs,
-                          eval_clips=clips or data["eval_clips"],
-                          short_videos=data["short_videos"])  # fmt: skip
+                          eval_clips=clips or data["eval_clips"], short_videos=data["short_videos"],
+                          integrity=integrity)  # fmt: skip
     dev = pick_device(device)
     loader = EpochLoader(dataset, batch_size=batch_size, shuffle=False, workers=workers,
                          pin_memory=dev.type == "cuda")  # fmt: skip

@@ -87,11 +87,11 @@ def datasets(
     d = cfg.data
     train_set = ClipDataset(store, train_ids, d.frames, d.stride, "train", inputs, jitter=d.jitter,
                             token_dropout=d.token_dropout, seed=cfg.run.seed, views=d.views,
-                            short_videos=d.short_videos)  # fmt: skip
+                            short_videos=d.short_videos, integrity=d.integrity)  # fmt: skip
     if val_store is None:
         return train_set, None
     val_set = ClipDataset(val_store, val_ids, d.frames, d.stride, "eval", inputs, eval_clips=d.eval_clips,
-                          short_videos=d.short_videos)  # fmt: skip
+                          short_videos=d.short_videos, integrity=d.integrity)  # fmt: skip
     return train_set, val_set
 
 

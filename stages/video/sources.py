@@ -178,6 +178,12 @@ def _jsonl_records(path: Path) -> list[tuple[int, dict]]:
 
 
 def _item_from_record(rec: dict, root: Path, where: str) -> VideoItem:
+    for key, allowed in (("path", (str,)), ("id", (str, int)), ("label", (str, int))):
+        value = rec.get(key)  # JSONL cells may be any JSON value; a list must not become a file name
+        if value is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
+            raise SourceError(
+                f"{where}: {key}={value!r} is a {type(value).__name__}; expected text (the video's {key})"
+            )
     raw = str(rec.get("path") or "").strip()
     if not raw:
         raise SourceError(f"{where}: empty 'path'; expected a video file path relative to the list")

@@ -261,6 +261,23 @@ class KillOnFirstCommit(WorkerPlugin):
             time.sleep(0.01)
 
 
+def still_alive(pids: list[int], within_s: float) -> list[str]:
+    """The processes of ``pids`` still running after ``within_s`` seconds (zombies count as gone)."""
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = []
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {' '.join(p.cmdline())[:80]}")
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
 async def dask_setup(worker: object) -> None:
     """Dask worker preload (``distributed.worker.preload``): installs the fault when a test asks for it."""
     if os.environ.get(KILL_MARKER):
@@ -296,10 +313,12 @@ def test_local_cluster_with_a_killed_worker_equals_single_process(
                 )
                 == 0
             )
+        orphans = still_alive(json.loads(marker.read_text())["children"], within_s=15.0)
     finally:
         for pid in json.loads(marker.read_text())["children"] if marker.exists() else []:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # the killed worker's orphaned decode processes
+                os.kill(pid, signal.SIGKILL)  # clean up after a failure of the check below
+    assert not orphans, f"the killed worker's fork server / decode processes outlived it: {orphans}"
     out = capsys.readouterr().out
     assert "dask dashboard:" in out and "on 2 workers" in out
     assert marker.exists(), "no worker was killed: the test did not test a fault"

@@ -94,9 +94,9 @@ def test_rows_rewritten_after_commit_fail_the_checksum(store):
 @pytest.mark.parametrize(
     ("tensor", "value", "where"),
     [
-        ("b2.tokens", np.nan, "b2.tokens (view 0)"),
-        ("final.cls", 1e6, "final.cls (view 0)"),  # overflows float16: inf
-        ("b3.q", np.inf, "b3.q.scale (view 0)"),  # int8: the scale carries the inf
+        ("b2.tokens", np.nan, "view 0: b2.tokens holds"),
+        ("final.cls", 1e6, "view 0: final.cls holds"),  # overflows float16: inf
+        ("b3.q", np.inf, "view 0: b3.q.scale holds"),  # int8: the scale carries the inf
     ],
 )
 def test_nan_and_inf_written_through_a_writer_are_reported(store, tensor, value, where):

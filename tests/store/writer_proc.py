@@ -5,7 +5,7 @@ ones, and prints a line per step (``open PID``, ``added <id>``, ``done``; ``erro
 is taken) so a test can kill it at a known point. ``--trace FILE`` appends every path this process
 writes through zarr's local store (``PATH 0``, or ``PATH 1`` for a create-if-absent write) so a test can
 check which files a writer touched; ``--hold S`` keeps the part open S seconds at the end;
-``--start-at T`` opens the part at wall-clock time T.
+``--start-at T`` opens the part at wall-clock time T; ``--create`` creates the store first.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", default=None)
     ap.add_argument("--hold", type=float, default=0.0)
     ap.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to open the part at")
+    ap.add_argument("--create", action="store_true", help="create the store first (same spec as the tests)")
     args = ap.parse_args(argv)
     if args.trace:
         # the trace hooks zarr-python's LocalStore; the Rust zarrs pipeline writes around it, so a traced
@@ -54,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         _trace_writes(args.trace)
 
     from stages.core.errors import StoreError
-    from store import PartWriter
-    from tests.store.synthetic import make_video, video_id
+    from store import PartWriter, create_store
+    from tests.store.synthetic import frozen_weights, make_spec, make_video, video_id
 
     time.sleep(max(0.0, args.start_at - time.time()))
+    if args.create:
+        create_store(args.store, make_spec(), frozen=frozen_weights())
     try:
         writer = PartWriter(
             args.store, args.part, shard_mb=args.shard_mb, commit_interval_s=args.commit_interval

@@ -158,25 +158,29 @@ def test_bad_inputs_never_stop_the_run(direction_videos: Path, tmp_path: Path) -
     listing = tmp_path / "bad.csv"
     with listing.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "path", "label"])
+        w.writerow(["id", "path", "label", "start", "end"])
         for i, (_name, (path, _)) in enumerate(sorted(corpus.items())):
-            w.writerow([f"bad{i:02d}", str(path), "x"])
-        w.writerow(["good", str(direction_videos / "videos" / "000000.mp4"), "x"])
-        w.writerow(["missing", str(tmp_path / "does_not_exist.mp4"), "x"])
+            w.writerow([f"bad{i:02d}", str(path), "x", "", ""])
+        w.writerow(["good", str(direction_videos / "videos" / "000000.mp4"), "x", "", ""])
+        w.writerow(["missing", str(tmp_path / "does_not_exist.mp4"), "x", "", ""])
+        # a trim window past the end of a 3 s video is a reported failure, not copies of its last frame
+        w.writerow(["late", str(direction_videos / "videos" / "000001.mp4"), "x", "100", "200"])
     cfg = config(listing, tmp_path / "bad.zarr", "tensors=[final.cls]", "run.max_failure_fraction=1.0")
     stats = run_extract(cfg)
     fs = FeatureStore(tmp_path / "bad.zarr")
     ids = {f"bad{i:02d}": name for i, name in enumerate(sorted(corpus))}
     committed, failed = {v.id for v in fs.videos}, {f["id"]: f for f in fs.failures}
-    assert committed | set(failed) == set(ids) | {"good", "missing"}  # every input extracted or reported
+    assert committed | set(failed) == set(ids) | {"good", "missing", "late"}  # every input done or reported
     assert not committed & set(failed)
-    assert "good" in committed and "missing" in failed
+    assert "good" in committed and "missing" in failed and "late" in failed
+    assert "past the video's end" in failed["late"]["error"] and failed["late"]["stage"] == "sample"
+    assert "no such file; check the path" in failed["missing"]["error"]
     for vid, name in ids.items():
         expectation = corpus[name][1]
         assert (vid in committed) == (expectation == "decodes"), (name, failed.get(vid))
     for f in failed.values():
         assert f["stage"] and f["error"] and f["source"]
-    assert stats.committed + stats.failed == len(ids) + 2
+    assert stats.committed + stats.failed == len(ids) + 3
 
 
 def test_fail_fast_and_failure_budget(tmp_path: Path, direction_videos: Path) -> None:
@@ -223,6 +227,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(direction_videos: Path, 
     log = killed / "parts" / "p0000" / "commits.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
+        assert proc.poll() is None, "the extraction ended before it could be killed"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -17,7 +17,7 @@ import torch
 from stages.core.config import load_config
 from stages.extract.config import ExtractConfig
 from stages.extract.stage import run_extract
-from store import FeatureStore
+from store import FeatureStore, codecs, layout
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_features.json").read_text())
 
@@ -56,5 +56,18 @@ def test_stage_one_features_equal_the_recorded_ones_bit_for_bit(
     )
     stats = run_extract(cfg)
     assert stats.failed == 0
-    got = {v.id: v.checksum for v in FeatureStore(tmp_path / "s.zarr").videos}
-    assert got == spec["checksums"]
+    fs = FeatureStore(tmp_path / "s.zarr")
+    assert {v.id: first_format_checksum(fs, v) for v in fs.videos} == spec["checksums"]
+
+
+def first_format_checksum(fs: FeatureStore, rec) -> str:
+    """The whole-video CRC-32 chain the recording used (every stored column, views then names in order),
+    recomputed here from the stored bytes: the store's own checksums have a newer format since."""
+    names = [*layout.ROW_ARRAYS]
+    for t in fs.spec.tensors:
+        names += [t.name] + ([t.name + layout.SCALE_SUFFIX] if t.quantised else [])
+    chain = codecs.Checksum()
+    for view, (start, n) in sorted(rec.views.items()):
+        for name in sorted(names):
+            chain.update(f"{view}/{name}", fs.read_raw(rec.part, name, start, start + n))
+    return chain.hexdigest()
