@@ -28,6 +28,7 @@ _EXPORTS = {
     "PartWriter": "store.writer",
     "VideoEntry": "store.writer",
     "ViewRows": "store.writer",
+    "ViewSpec": "store.writer",
     "create_store": "store.writer",
     "set_complete": "store.writer",
     "validate_id": "store.writer",

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections import deque
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,30 @@ class ViewRows:
     frame_index: np.ndarray  # [n] int64
     padded: np.ndarray | None = None  # [n] bool
     meta: dict[str, Any] = field(default_factory=dict)  # crop, temporal/spatial position...
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """A view to reserve rows for (:meth:`PartWriter.begin`): its number, row count and metadata."""
+
+    view: int
+    n_rows: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _OpenView:
+    row_start: int
+    n_rows: int
+    meta: dict[str, Any]
+    received: int = 0
+    crcs: dict[str, int] = field(default_factory=dict)  # "{view}/{array}" -> running CRC-32
+
+
+@dataclass
+class _OpenVideo:
+    video: VideoEntry
+    views: dict[int, _OpenView] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,11 +245,13 @@ class PartWriter:
             storage.get("compression", "lz4"),
             shard_bytes,
             bool(storage.get("chunk_crc", False)),
+            self.dir,
         )
         self._committed, self._next_row = self._resume()
         self._seen = set(self._committed)  # committed or buffered: an id may be added once
         self._elsewhere = self._committed_elsewhere()  # id -> part: another part already holds it
-        self._pending: deque[tuple[int, dict[str, Any]]] = deque()  # (end row, commit record), row order
+        self._pending: list[dict[str, Any]] = []  # commit records of finished videos, waiting for the disk
+        self._open: dict[str, _OpenVideo] = {}  # videos begun, not yet ended
         self._last_commit = time.monotonic()
 
     # -- public API -------------------------------------------------------------------------------
@@ -233,7 +259,20 @@ class PartWriter:
         return set(self._committed)
 
     def add(self, video: VideoEntry, views: list[ViewRows]) -> None:
-        """Buffer all views of a video; it is committed (visible) once every row is on disk."""
+        """Write all views of a video at once; it is committed (visible) once every row is on disk."""
+        if not views:
+            raise StoreError(f"video {video.id!r} has no views to store")
+        views = sorted(views, key=lambda v: v.view)
+        for v in views:  # validate every view before reserving anything
+            self._columns(video.id, v.view, v.tensors, v.time_s, v.frame_index, v.padded)
+        self.begin(video, [ViewSpec(v.view, len(v.time_s), v.meta) for v in views])
+        for v in views:
+            self.put(video.id, v.view, 0, v.tensors, v.time_s, v.frame_index, v.padded)
+        self.end(video.id)
+
+    def begin(self, video: VideoEntry, views: list[ViewSpec]) -> None:
+        """Reserve the rows of a video's views; its rows then arrive with :meth:`put` (in order per view,
+        views in any order, several videos at once) and :meth:`end` makes it committable."""
         validate_id(video.id)
         if video.id in self._seen:
             raise StoreError(f"video {video.id!r} is already in part {self.part}; ids must be unique")
@@ -244,35 +283,76 @@ class PartWriter:
             )
         if not views:
             raise StoreError(f"video {video.id!r} has no views to store")
-        views = sorted(views, key=lambda v: v.view)  # verify re-hashes views in this order
         if len({v.view for v in views}) != len(views):
             raise StoreError(f"video {video.id!r} repeats a view number: {[v.view for v in views]}")
-        all_columns = [self._columns(video.id, v) for v in views]  # validate every view before writing any
-        record_views, crcs = [], {}
-        for v, columns in zip(views, all_columns, strict=True):
-            n = len(v.time_s)
-            record_views.append({"view": v.view, "row_start": self._next_row, "n_rows": n, **v.meta})
-            for name, col in sorted(columns.items()):
-                crcs[f"{v.view}/{name}"] = codecs.column_crc(f"{v.view}/{name}", col)
-                self._arrays[name].append(col)
-            self._next_row += n
+        if any(v.n_rows < 1 for v in views):
+            raise StoreError(
+                f"video {video.id!r}: every view needs rows; got {[(v.view, v.n_rows) for v in views]}"
+            )
+        opened = _OpenVideo(video)
+        for v in sorted(views, key=lambda v: v.view):
+            opened.views[v.view] = _OpenView(self._next_row, v.n_rows, dict(v.meta))
+            self._next_row += v.n_rows
+        self._open[video.id] = opened
+        self._seen.add(video.id)
+
+    def put(
+        self, video_id: str, view: int, row0: int, tensors: dict[str, Any], time_s: Any, frame_index: Any,
+        padded: Any = None,
+    ) -> None:  # fmt: skip
+        """Rows ``row0 ..`` of a view of an open video (every stored tensor, and the per-row metadata)."""
+        opened = self._open.get(video_id)
+        if opened is None or view not in opened.views:
+            raise StoreError(
+                f"video {video_id!r} view {view} is not open in part {self.part}; begin() it first"
+            )
+        v = opened.views[view]
+        columns = self._columns(video_id, view, tensors, time_s, frame_index, padded)
+        n = len(columns["time_s"])
+        if row0 != v.received or row0 + n > v.n_rows:
+            raise StoreError(
+                f"video {video_id!r} view {view}: rows {row0}..{row0 + n} arrived, expected rows from "
+                f"{v.received} (of {v.n_rows}) in order"
+            )
+        for name, col in columns.items():
+            key = f"{view}/{name}"
+            v.crcs[key] = zlib.crc32(np.ascontiguousarray(col).view(np.uint8).data,
+                                     v.crcs.get(key, zlib.crc32(key.encode())))  # fmt: skip
+            self._arrays[name].put(v.row_start + row0, col)
+        v.received += n
+
+    def end(self, video_id: str) -> None:
+        """Every row of the video has arrived: commit it as soon as its rows are on disk."""
+        opened = self._open.pop(video_id)
+        short = [(view, v.received, v.n_rows) for view, v in opened.views.items() if v.received != v.n_rows]
+        if short:
+            raise StoreError(f"video {video_id!r}: views got fewer rows than reserved ({short})")
+        video = opened.video
         record = {
             "id": video.id,
             "label": int(video.label),
             "source": video.source,
             "fps": float(video.fps),
             "num_frames": int(video.num_frames),
-            "views": record_views,
+            "views": [
+                {"view": view, "row_start": v.row_start, "n_rows": v.n_rows, **v.meta}
+                for view, v in sorted(opened.views.items())
+            ],  # fmt: skip
             "meta": video.meta,
         }
+        crcs = {k: f"{c:08x}" for v in opened.views.values() for k, c in v.crcs.items()}
         digest = codecs.video_digest(codecs.record_header(record), crcs)
         record["checksum"] = {"algo": codecs.DIGEST_ALGO, "value": digest, "columns": crcs}
-        self._pending.append((self._next_row, record))
-        self._seen.add(video.id)
+        self._pending.append(record)
         if time.monotonic() - self._last_commit > self.commit_interval_s:
             self.flush()
         else:
             self._commit_durable()
+
+    def abandon(self, video_id: str) -> None:
+        """Forget an open video (its decoder failed): its reserved rows stay unused, nothing is committed."""
+        if self._open.pop(video_id, None) is not None:
+            self._seen.discard(video_id)
 
     def fail(self, video_id: str, source: str, stage: str, error: str) -> None:
         write_log_line(
@@ -283,7 +363,7 @@ class PartWriter:
     def flush(self) -> None:
         """Write every buffered row (partial shards included) and commit what is complete."""
         for arr in self._arrays.values():
-            arr.flush_partial()
+            arr.flush()
         self._commit_durable()
         self._last_commit = time.monotonic()
 
@@ -301,32 +381,39 @@ class PartWriter:
         self.close()
 
     # -- internals --------------------------------------------------------------------------------
-    def _columns(self, video_id: str, v: ViewRows) -> dict[str, np.ndarray]:
-        n = len(v.time_s)
+    def _columns(
+        self, video_id: str, view: int, tensors: dict[str, Any], time_s: Any, frame_index: Any, padded: Any
+    ) -> dict[str, np.ndarray]:
+        n = len(time_s)
         cols: dict[str, np.ndarray] = {
-            "time_s": np.asarray(v.time_s, dtype=np.float64),
-            "frame_index": np.asarray(v.frame_index, dtype=np.int64),
-            "padded": np.zeros(n, bool) if v.padded is None else np.asarray(v.padded, dtype=bool),
+            "time_s": np.asarray(time_s, dtype=np.float64),
+            "frame_index": np.asarray(frame_index, dtype=np.int64),
+            "padded": np.zeros(n, bool) if padded is None else np.asarray(padded, dtype=bool),
         }
-        missing = [t.name for t in self.spec.tensors if t.name not in v.tensors]
+        missing = [t.name for t in self.spec.tensors if t.name not in tensors]
         if missing:
-            raise StoreMismatchError(f"video {video_id!r} view {v.view} lacks tensors {missing}")
+            raise StoreMismatchError(f"video {video_id!r} view {view} lacks tensors {missing}")
         for t in self.spec.tensors:
-            cols.update(_stored_form(t, v.tensors[t.name], n, video_id))
+            cols.update(_stored_form(t, tensors[t.name], n, video_id))
         for name, col in cols.items():
             if len(col) != n:
                 raise StoreMismatchError(
-                    f"video {video_id!r} view {v.view}: {name} has {len(col)} rows, "
+                    f"video {video_id!r} view {view}: {name} has {len(col)} rows, "
                     f"expected {n} (one per stored frame)"
                 )
         return cols
 
     def _commit_durable(self) -> None:
-        durable = min(a.written for a in self._arrays.values())
-        while self._pending and self._pending[0][0] <= durable:
-            _, record = self._pending.popleft()
-            write_log_line(self.dir / layout.COMMITS_FILE, record)
-            self._committed.add(record["id"])
+        """Append the commit line of every finished video whose rows are all on disk."""
+        waiting = []
+        for record in self._pending:
+            spans = [(v["row_start"], v["row_start"] + v["n_rows"]) for v in record["views"]]
+            if all(a.durable(lo, hi) for a in self._arrays.values() for lo, hi in spans):
+                write_log_line(self.dir / layout.COMMITS_FILE, record)
+                self._committed.add(record["id"])
+            else:
+                waiting.append(record)
+        self._pending = waiting
 
     def _resume(self) -> tuple[set[str], int]:
         records, _ = read_log(self.dir / layout.COMMITS_FILE, repair=True)
@@ -382,7 +469,7 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def _open_arrays(
-    group: zarr.Group, spec: StoreSpec, compression: str, shard_bytes: int, crc: bool
+    group: zarr.Group, spec: StoreSpec, compression: str, shard_bytes: int, crc: bool, part_dir: Path
 ) -> dict[str, RowArray]:
     wanted: dict[str, tuple[tuple[int, ...], str, tuple[str, ...]]] = {
         name: ((), dtype, ("row",)) for name, dtype in layout.ROW_ARRAYS.items()
@@ -397,5 +484,7 @@ def _open_arrays(
             )
     arrays = {}
     for name, (shape, dtype, dims) in wanted.items():
-        arrays[name] = RowArray.open_or_create(group, name, shape, dtype, dims, compression, shard_bytes, crc)
+        arrays[name] = RowArray.open_or_create(
+            group, name, shape, dtype, dims, compression, shard_bytes, crc, array_dir=part_dir / name
+        )
     return arrays

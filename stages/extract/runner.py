@@ -27,7 +27,7 @@ from stages.core.errors import TwostageError
 from stages.extract.worker import DecodeJob, worker_main
 from stages.models import Backbone, TensorRequest
 from stages.video import sources
-from store import PartWriter, VideoEntry, ViewRows, codecs
+from store import PartWriter, VideoEntry, ViewSpec, codecs
 
 
 def _context() -> Any:
@@ -61,10 +61,9 @@ class Stats:
 
 @dataclass
 class _Video:
-    """One video being assembled from model outputs."""
+    """One video whose rows stream to the part writer: nothing of its features is held here."""
 
-    info: dict[str, Any]
-    views: dict[int, dict[str, Any]]
+    id: str
     missing: int  # rows still without features
     done: bool = False  # its worker has sent every chunk
 
@@ -193,45 +192,38 @@ class Extractor:
         if kind == "fail":
             self._fail(number, msg[2], msg[3])
         elif kind == "info":
-            self._videos[number] = self._new_video(msg[2])
+            self._begin(number, msg[2])
         elif kind == "frames":
             _, _, view, row0, frames, times, idx, padded, seconds = msg
-            v = self._videos[number].views[view]
-            v["time_s"][row0 : row0 + len(frames)] = times
-            v["frame_index"][row0 : row0 + len(frames)] = idx
-            v["padded"][row0 : row0 + len(frames)] = padded
             self.stats.decode_s += seconds
-            self._pieces.append((number, view, row0, 0, frames))
+            self._pieces.append((number, view, row0, 0, frames, (times, idx, padded)))
         elif kind == "done":
             self._decoded += 1
             self._videos[number].done = True
             self._maybe_commit(number)
 
-    def _new_video(self, info: dict[str, Any]) -> _Video:
-        views = {}
-        for v in info["views"]:
-            n = v["rows"]
-            arrays: dict[str, Any] = {}
-            for name, shape in self.shapes.items():
-                if self.quantise:
-                    arrays[name] = (np.empty((n, *shape), np.int8), np.empty((n, *shape[:-1]), np.float16))
-                else:
-                    arrays[name] = np.empty((n, *shape), np.float16)
-            views[v["view"]] = {
-                "rows": n,
-                "meta": v["meta"],
-                "tensors": arrays,
-                "time_s": np.zeros(n),
-                "frame_index": np.zeros(n, np.int64),
-                "padded": np.zeros(n, bool),
-            }
-        return _Video(info=info, views=views, missing=sum(v["rows"] for v in info["views"]))
+    def _begin(self, number: int, info: dict[str, Any]) -> None:
+        """Reserve the video's rows in the part: its features go there as the device produces them."""
+        item = self.items[number]
+        label = self.class_index.get(item.label, -1) if item.label is not None else -1
+        entry = VideoEntry(
+            id=item.id,
+            label=label,
+            source=item.path,
+            fps=float(info["fps"]),
+            num_frames=int(info["num_frames"]),
+            meta={"label_name": item.label, "backend": info.get("backend"), **item.meta},
+        )
+        specs = [ViewSpec(v["view"], v["rows"], v["meta"]) for v in info["views"]]
+        self._write_q.put(("begin", entry, specs))
+        self._videos[number] = _Video(item.id, missing=sum(v["rows"] for v in info["views"]))
 
     def _fail(self, number: int, stage: str, error: str) -> None:
         item = self.items[number]
         self._dead.add(number)
         self._decoded += 1
-        self._videos.pop(number, None)
+        if self._videos.pop(number, None) is not None:
+            self._write_q.put(("abandon", item.id))
         self._pieces = deque(p for p in self._pieces if p[0] != number)
         self.stats.failed += 1
         self.stats.failures.append({"id": item.id, "path": item.path, "stage": stage, "error": error})
@@ -245,12 +237,12 @@ class Extractor:
     def _run_batch(self) -> None:
         frames, owners, room = [], [], self.batch_frames
         while self._pieces and room > 0:
-            number, view, row0, offset, x = self._pieces.popleft()
+            number, view, row0, offset, x, meta = self._pieces.popleft()
             take = min(room, len(x) - offset)
             frames.append(x[offset : offset + take])
-            owners.append((number, view, row0 + offset, take))
+            owners.append((number, view, row0 + offset, take, [m[offset : offset + take] for m in meta]))
             if offset + take < len(x):
-                self._pieces.appendleft((number, view, row0, offset + take, x))
+                self._pieces.appendleft((number, view, row0, offset + take, x, meta))
             room -= take
         t0 = time.perf_counter()
         batch = torch.from_numpy(np.concatenate(frames))  # [B, 3, S, S] float16
@@ -264,17 +256,11 @@ class Extractor:
         host = {name: self._to_host(y) for name, y in outputs.items()}
         self.stats.model_s += time.perf_counter() - t0
         start = 0
-        for number, view, row0, n in owners:
+        for number, view, row0, n, (times, idx, padded) in owners:
             video = self._videos[number]
-            for name, value in host.items():
-                target = video.views[view]["tensors"][name]
-                if self.quantise:
-                    target[0][row0 : row0 + n], target[1][row0 : row0 + n] = (
-                        value[0][start : start + n],
-                        value[1][start : start + n],
-                    )
-                else:
-                    target[row0 : row0 + n] = value[start : start + n]
+            cut = slice(start, start + n)
+            rows = {name: (v[0][cut], v[1][cut]) if self.quantise else v[cut] for name, v in host.items()}
+            self._write_q.put(("put", video.id, view, row0, rows, times, idx, padded))
             video.missing -= n
             start += n
             self.stats.frames += n
@@ -292,28 +278,7 @@ class Extractor:
         if video is None or not video.done or video.missing > 0:
             return
         del self._videos[number]
-        item = self.items[number]
-        label = self.class_index.get(item.label, -1) if item.label is not None else -1
-        entry = VideoEntry(
-            id=item.id,
-            label=label,
-            source=item.path,
-            fps=float(video.info["fps"]),
-            num_frames=int(video.info["num_frames"]),
-            meta={"label_name": item.label, "backend": video.info.get("backend"), **item.meta},
-        )
-        views = [
-            ViewRows(
-                view=view,
-                tensors=v["tensors"],
-                time_s=v["time_s"],
-                frame_index=v["frame_index"],
-                padded=v["padded"],
-                meta=v["meta"],
-            )
-            for view, v in sorted(video.views.items())
-        ]
-        self._write_q.put(("add", entry, views))
+        self._write_q.put(("end", video.id))
         self.stats.committed += 1
         self._resolved += 1
         self._tick()
@@ -324,10 +289,17 @@ class Extractor:
                 continue
             t0 = time.perf_counter()
             try:
-                if msg[0] == "add":
-                    self.writer.add(msg[1], msg[2])
+                kind, *args = msg
+                if kind == "begin":
+                    self.writer.begin(*args)
+                elif kind == "put":
+                    self.writer.put(*args)
+                elif kind == "end":
+                    self.writer.end(*args)
+                elif kind == "abandon":
+                    self.writer.abandon(*args)
                 else:
-                    _, item, stage, error = msg
+                    item, stage, error = args
                     self.writer.fail(item.id, item.path, stage, error)
             except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
                 self._write_error = e

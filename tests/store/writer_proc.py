@@ -17,7 +17,8 @@ import time
 
 
 def _trace_writes(trace_file: str) -> None:
-    """Log every file zarr's LocalStore writes (before it is written, so a kill still leaves the line)."""
+    """Log every file zarr's LocalStore and the store's own shard encoder write (before it is written, so a
+    kill still leaves the line)."""
     from zarr.storage import _local
 
     put = _local._put
@@ -28,6 +29,17 @@ def _trace_writes(trace_file: str) -> None:
         return put(path, value, exclusive=exclusive)
 
     _local._put = traced
+
+    from store import rows, shards  # shard files this store encodes itself are written here
+
+    write = shards.write_atomically
+
+    def traced_shard(path, data):  # type: ignore[no-untyped-def]
+        with open(trace_file, "a") as f:
+            f.write(f"{os.path.abspath(path)} 0\n")
+        return write(path, data)
+
+    rows.write_atomically = traced_shard
 
 
 def main(argv: list[str] | None = None) -> int:
