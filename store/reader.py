@@ -277,14 +277,70 @@ class FeatureStore:
         clips: Sequence[tuple[int | str, int, Sequence[int]]],
         tensors: Sequence[str] | None = None,
         dtype: Any = np.float32,
+        out: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """A batch of clips ``(video, view, frame indices)`` of equal length: ``{name: [B, T, *shape]}``."""
+        """A batch of clips ``(video, view, frame indices)`` of equal length: ``{name: [B, T, *shape]}``.
+
+        One store read per part and stored array, whatever the batch size: the rows of every clip of a
+        part are gathered in one orthogonal selection (the codec pipeline decodes the chunks they touch,
+        once each, in parallel), then scattered into the output, which may be preallocated (``out``: one
+        array per tensor, e.g. numpy views of pinned torch tensors; int8 tensors are dequantised into it).
+        """
         names = self._names(tensors)
-        per_clip = [self.read(v, view, np.asarray(idx), names, dtype=dtype) for v, view, idx in clips]
-        lengths = {len(next(iter(c.values()))) for c in per_clip}
+        spans = [self._clip_rows(v, view, idx) for v, view, idx in clips]
+        lengths = {len(rows) for _, rows in spans}
         if len(lengths) > 1:
             raise StoreError(f"clips in one batch must have equal lengths, got {sorted(lengths)}")
-        return {name: np.stack([c[name] for c in per_clip]) for name in names}
+        b, t = len(spans), lengths.pop() if lengths else 0
+        result = {}
+        for name in names:
+            spec = self.spec.tensor(name)
+            target = out[name] if out is not None else np.empty((b, t, *spec.shape), dtype=dtype)
+            if target.shape != (b, t, *spec.shape) or not target.flags.c_contiguous:
+                raise StoreError(
+                    f"out[{name!r}] is {target.shape}, expected a C-contiguous {(b, t, *spec.shape)} array"
+                )
+            flat = target.reshape(b * t, *spec.shape)  # a view: target is contiguous
+            for part, unique, slots, inverse in self._by_part(spans):
+                values = self._rows(part, name, unique)  # [n, *shape] in the stored dtype
+                if spec.quantised:
+                    scale = self._rows(part, name + layout.SCALE_SUFFIX, unique)
+                    values = codecs.dequantise_int8(values, scale, target.dtype)
+                flat[slots] = values[inverse]
+            result[name] = target
+        return result
+
+    def _clip_rows(self, video: int | str, view: int, idx: Sequence[int]) -> tuple[str, np.ndarray]:
+        """(part, absolute row numbers) of one clip."""
+        rec = self.video(video)
+        start, n = self._view(rec, view)
+        rows = np.arange(n)[np.asarray(idx, dtype=np.int64)]  # negative / out-of-range indices fail here
+        return rec.part, start + rows
+
+    @staticmethod
+    def _by_part(spans: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per part: its sorted unique rows, the flat output slots [k*T] of its clips' rows, and which
+        unique row fills each slot."""
+        t = len(spans[0][1]) if spans else 0
+        out = []
+        for part in sorted({p for p, _ in spans}):
+            clips = [i for i, (p, _) in enumerate(spans) if p == part]
+            rows = np.concatenate([spans[i][1] for i in clips])  # [k*T]
+            unique, inverse = np.unique(rows, return_inverse=True)
+            slots = (np.asarray(clips)[:, None] * t + np.arange(t)).reshape(-1)  # [k*T]
+            out.append((part, unique, slots, inverse))
+        return out
+
+    def _rows(self, part: str, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique) of one array in one call."""
+        try:
+            return np.asarray(self.array(part, name).get_orthogonal_selection((rows,)))
+        except Exception as e:  # noqa: BLE001 - any decode failure of stored bytes is corruption
+            raise StoreCorruptError(
+                f"rows of {layout.array_path(part, name)} in {self.path} cannot be read "
+                f"({type(e).__name__}: {e}). Run `twostage verify {self.path}` to list the damaged videos "
+                "and extract them again."
+            ) from e
 
     def iter_chunks(
         self,

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -139,6 +140,7 @@ class ClipDataset(Dataset):
         if integrity not in INTEGRITY:
             raise ValueError(f"integrity must be one of {INTEGRITY}, got {integrity!r}")
         self.integrity, self._checked, self._damaged = integrity, {}, set()
+        self.pin = False  # read straight into pinned host memory (EpochLoader sets it: CUDA, no workers)
         if mode not in ("train", "eval") or views not in VIEW_POLICIES:
             raise ValueError(
                 f"need mode 'train' or 'eval' and views in {VIEW_POLICIES}, got {mode!r}, {views!r}"
@@ -201,13 +203,25 @@ class ClipDataset(Dataset):
         pairs = [(k, c) for k in keys if self._sound(c := self.clip(k))]
         keys, clips = [k for k, _ in pairs], [c for _, c in pairs]
         feats = self.store.read_clips(
-            [(self.ids[i], view, rows) for i, view, rows in clips], tensors=self.tensors, dtype=np.float16
-        )
+            [(self.ids[i], view, rows) for i, view, rows in clips], tensors=self.tensors, dtype=np.float16,
+            out=self._buffers(len(clips)),
+        )  # fmt: skip
         if self.mode == "train" and self.token_dropout > 0:
             for b, ((i, _, _), key) in enumerate(zip(clips, keys, strict=True)):
                 self._drop_tokens(feats, b, self._rng(split_key(key)[0], i, 1))
         videos = np.array([i for i, _, _ in clips], dtype=np.int64)
         return {"feats": feats, "label": self.labels[videos], "video": videos}
+
+    def _buffers(self, batch: int) -> dict[str, np.ndarray] | None:
+        """Pinned output arrays for one batch (torch's caching host allocator recycles them once the
+        transfer that used them is done), or None to let the store allocate."""
+        if not self.pin:
+            return None
+        shapes = {name: self.store.spec.tensor(name).shape for name in self.tensors}
+        return {
+            name: torch.empty((batch, self.frames, *shape), dtype=torch.float16, pin_memory=True).numpy()
+            for name, shape in shapes.items()
+        }
 
     def _sound(self, clip: tuple[int, int, np.ndarray]) -> bool:
         """Integrity on read: the first time this process reads a (video, view), its columns are checked
@@ -305,6 +319,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return max(0, self.full_length() - self.start)
 
 
+def _worker_context() -> Any:
+    """Loader processes start from a fork server, never forked from this process: the zarrs codec
+    pipeline's thread pool does not survive a fork, so a forked worker's first store read would wait
+    forever once this process has decoded anything (frozen weights, an integrity check)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["stages.train.data"])  # imported once by the server, not per worker
+    return ctx
+
+
 class EpochLoader:
     """Batches of a dataset for this process, epoch by epoch, restartable at any batch.
 
@@ -318,9 +341,12 @@ class EpochLoader:
         rank: int = 0, world: int = 1, pin_memory: bool = False, collate: Any = None,
     ) -> None:  # fmt: skip
         self.dataset, self.batch_size = dataset, batch_size
+        if workers == 0 and pin_memory and hasattr(dataset, "pin"):
+            dataset.pin = True  # the store reads straight into pinned memory: no copy before the transfer
         self.sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world)
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            multiprocessing_context=_worker_context() if workers > 0 else None,
             collate_fn=collate or collate_clips, pin_memory=pin_memory, persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(seed),  # worker seeds: not the global RNG
         )  # fmt: skip

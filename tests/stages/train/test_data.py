@@ -230,3 +230,41 @@ def test_an_epoch_loader_restarts_at_any_batch_with_the_same_batches(fs):
         )
     other = list(loader.batches(epoch=3))
     assert not torch.equal(other[0]["video"], whole[0]["video"])
+
+
+class WholeArray(torch.utils.data.Dataset):
+    """Each item reads a whole multi-shard zarr array (the codec pipeline decodes shards in parallel)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key):
+        import zarr
+
+        return float(zarr.open_array(self.path, mode="r")[:].sum())
+
+
+def test_loader_processes_read_after_this_process_decoded_the_store(tmp_path):
+    """A forked worker hangs on its first parallel zarrs decode once its parent decoded in parallel (the
+    Rust thread pool does not survive a fork); the loader's workers start from a fork server instead."""
+    import subprocess
+    import sys
+
+    script = f"""
+import numpy as np, zarr
+from store import codecs
+from stages.train.data import EpochLoader
+from tests.stages.train.test_data import WholeArray
+a = zarr.create_array({str(tmp_path / "a")!r}, shape=(64, 100), chunks=(8, 100), shards=(32, 100),
+                      dtype="float16", compressors=codecs.compressors("lz4", 2))
+a[:] = np.ones((64, 100))
+assert a[:].sum() == 6400  # this process decodes in parallel first
+batches = list(EpochLoader(WholeArray({str(tmp_path / "a")!r}), batch_size=2, shuffle=False, workers=2,
+                           collate=list).batches(0))
+print(sum(len(b) for b in batches))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "4", out.stderr[-2000:]
