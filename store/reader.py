@@ -332,7 +332,8 @@ class FeatureStore:
         return out
 
     def _rows(self, part: str, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (sorted, unique) of one array in one call."""
+        """Rows ``rows`` (sorted, unique) of one array in one call (the codec pipeline decodes the chunks
+        they touch, in parallel)."""
         try:
             return np.asarray(self.array(part, name).get_orthogonal_selection((rows,)))
         except Exception as e:  # noqa: BLE001 - any decode failure of stored bytes is corruption

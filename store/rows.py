@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 
 from store import codecs
-from store.shards import ShardEncoder, shard_path, write_atomically
+from store.shards import ShardCodec, shard_path, write_atomically
 
 
 @dataclass
@@ -41,7 +41,7 @@ class RowArray:
         self.shard_rows = int(array.shards[0]) if array.shards else int(array.chunks[0])
         self.row_shape, self.dtype = tuple(array.shape[1:]), np.dtype(array.dtype)
         self.dir = array_dir
-        self.encoder = ShardEncoder.for_array(array.metadata.to_dict()) if array_dir is not None else None
+        self.encoder = ShardCodec.for_array(array.metadata.to_dict()) if array_dir is not None else None
         self._open: dict[int, _Shard] = {}  # shard number -> unfinished shard
         self._done_below = 0  # every row below this is on disk (shards before it are complete)
         self._complete: set[int] = set()  # shards at or above _done_below written whole

@@ -1,14 +1,15 @@
-"""Encoding a whole shard of a row array ourselves, byte for byte what zarr's ``sharding_indexed`` codec
-writes, so the write path costs an encode and one file write (zarr-python's own path ran at ~0.7 of a
-plain file write here; benchmarks/store_io.py).
+"""The shards of a row array, encoded here byte for byte in the format of zarr's ``sharding_indexed``
+codec: a write costs an encode and one file write (zarr-python's write path ran at ~0.7 of a plain file
+write here; benchmarks/store_io.py). Reads go through zarr's codec pipeline (zarrs), which was faster
+than a hand-written reader.
 
     rows [shard_rows, *shape] --split into inner chunks of chunk_rows rows-->
         each chunk: bytes (C order, little endian) -> blosc (cname, clevel, shuffle) -> [crc32c]
-    shard file = chunk_0 | chunk_1 | ... | index, index = uint64 (offset, nbytes) per chunk (2^64-1 pairs for
-        chunks holding no row yet), little endian, + crc32c of the index (4 bytes)
+    shard file = chunk_0 | chunk_1 | ... | index, index = uint64 (offset, nbytes) per chunk (2^64-1 pairs
+        for chunks holding no row yet), little endian, + crc32c of the index (4 bytes)
 
-Only the codec chains this store creates are encoded here (``ShardEncoder.for_array`` says None for
-anything else, and the caller writes through zarr). Readers are zarr / zarrs / dask / xarray, unchanged;
+Only the codec chains this store creates are encoded here (``ShardCodec.for_array`` says None for
+anything else, and the caller goes through zarr). zarr, zarrs, dask and xarray read the same files;
 ``tests/store/test_shards.py`` checks that they read what this writes.
 """
 
@@ -33,7 +34,7 @@ def _crc32c(data: Any) -> bytes:
 
 
 @dataclass(frozen=True)
-class ShardEncoder:
+class ShardCodec:
     """Encodes ``[shard_rows, *shape]`` row blocks of one array into shard files."""
 
     chunk_rows: int
@@ -42,8 +43,8 @@ class ShardEncoder:
     chunk_crc: bool
 
     @classmethod
-    def for_array(cls, metadata: dict[str, Any]) -> ShardEncoder | None:
-        """The encoder for an array's ``zarr.json`` metadata, or None when its codecs are not ours."""
+    def for_array(cls, metadata: dict[str, Any]) -> ShardCodec | None:
+        """The codec for an array's ``zarr.json`` metadata, or None when its codecs are not ours."""
         try:
             (codec,) = metadata["codecs"]
             config = codec["configuration"]

@@ -11,7 +11,7 @@ import zarr
 
 from store import codecs
 from store.rows import RowArray
-from store.shards import ShardEncoder
+from store.shards import ShardCodec
 
 PIPELINES = {
     "default": "zarr.core.codec_pipeline.BatchedCodecPipeline",
@@ -74,7 +74,7 @@ def test_a_partial_shard_rewritten_with_more_rows_keeps_the_first_ones(tmp_path:
 def test_codec_chains_the_store_did_not_make_are_left_to_zarr(tmp_path: Path):
     a = zarr.create_array(str(tmp_path / "x.zarr"), shape=(0, 4), chunks=(2, 4), shards=(4, 4),
                           dtype="float16", compressors=[zarr.codecs.GzipCodec()])  # fmt: skip
-    assert ShardEncoder.for_array(a.metadata.to_dict()) is None
+    assert ShardCodec.for_array(a.metadata.to_dict()) is None
     ours = zarr.create_array(str(tmp_path / "y.zarr"), shape=(0, 4), chunks=(2, 4), shards=(4, 4),
                              dtype="float16", compressors=codecs.compressors("zstd", 2))  # fmt: skip
-    assert ShardEncoder.for_array(ours.metadata.to_dict()) is not None
+    assert ShardCodec.for_array(ours.metadata.to_dict()) is not None
