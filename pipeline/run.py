@@ -9,14 +9,13 @@ Every generated extract and train config is validated before any work starts.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stages.core.config import from_dict, load_config, to_dict
+from stages.core.config import from_dict, load_config, merge, to_dict
 from stages.core.errors import ConfigError, TwostageError
 
 
@@ -66,22 +65,6 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not self.datasets:
             raise ValueError("datasets is empty: list at least one (synth: {...} or source: ...)")
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge of plain dicts; ``over`` wins. Dotted keys (``optim.lr``) are expanded first."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        node, parts = out, key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        last = parts[-1]
-        node[last] = (
-            merge(node[last], value)
-            if isinstance(value, dict) and isinstance(node.get(last), dict)
-            else copy.deepcopy(value)
-        )
-    return out
 
 
 @dataclass

@@ -124,6 +124,22 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     return _deep_merge(_read_yaml(resolved.parent / base, (*chain, resolved)), data)
 
 
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of plain dicts; ``over`` wins. Dotted keys (``optim.lr``) are expanded first."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        node, parts = out, key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        last = parts[-1]
+        node[last] = (
+            merge(node[last], value)
+            if isinstance(value, dict) and isinstance(node.get(last), dict)
+            else copy.deepcopy(value)
+        )
+    return out
+
+
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """``over`` merged into a copy of ``base``: mappings merge key by key, anything else replaces."""
     out = dict(base)
