@@ -69,7 +69,11 @@ def make_config(a: argparse.Namespace, source: Path, store: Path, **sampling: An
         sampling=replace(s, **sampling),
         store=StoreConfig(path=str(store), dtype=a.dtype, compression=a.compression, overwrite=True),
         backbone=BackboneConfig(
-            name=a.backbone, pretrained=a.pretrained, device=a.device, batch_frames=a.batch_frames
+            name=a.backbone,
+            pretrained=a.pretrained,
+            device=a.device,
+            batch_frames=a.batch_frames,
+            random_init=a.pretrained is None,  # the fallback measures the architecture with random weights
         ),
         run=RunConfig(decode_workers=a.workers, progress=False, seed=a.seed),
     )
@@ -90,7 +94,7 @@ def load_backbone(a: argparse.Namespace) -> tuple[Backbone, str]:
         )
         print(f"NOTE: {note}", file=sys.stderr)
         a.backbone, a.pretrained = RANDOM_FALLBACK[a.backbone], None
-        return build_backbone(a.backbone, device=a.device), note
+        return build_backbone(a.backbone, device=a.device, random_init=True), note
 
 
 def forkserver_start_s() -> float:
@@ -393,7 +397,7 @@ def memory_child(spec: dict[str, Any]) -> None:
     shutil.rmtree(cfg.store.path, ignore_errors=True)
     t0 = time.perf_counter()
     st = run_extract(cfg)
-    bb = build_backbone(a.backbone, device="cpu")
+    bb = build_backbone(a.backbone, device="cpu", random_init=True)
     shapes = bb.output_shapes(bb.resolve(parse_requests(cfg.tensors, cfg.pool)))
     per_frame = sum(int(np.prod(s)) for s in shapes.values()) * (1 if a.dtype == "int8" else 2)
     print(
@@ -597,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         bb, r["weights"] = load_backbone(a)
         r["backbone_build_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        build_backbone(a.backbone, pretrained=a.pretrained, device=a.device)  # what run_extract pays again
+        build_backbone(
+            a.backbone, pretrained=a.pretrained, device=a.device, random_init=True
+        )  # as run_extract
         r["backbone_rebuild_s"] = round(time.perf_counter() - t0, 2)
         r["backbone"], r["device"], r["args"] = a.backbone, str(bb.device), vars(a)
         cfg = make_config(a, work / "videos" / "labels.csv", work / "e2e.zarr")

@@ -16,11 +16,13 @@ class BackboneConfig:
     )
     pretrained: str | None = None  # open_clip pretrained tag / timm tag; None = the entry's own default
     weights_file: str | None = (
-        None  # local .pt/.bin/.safetensors, loaded safely (weights_only); sha256 recorded
+        None  # local .pt/.bin/.safetensors, or an e2e checkpoint (its fine-tuned backbone); sha256 recorded
     )
+    random_init: bool = False  # allow a backbone without weights (its features are noise): off = refused
     device: str = "auto"  # auto = cuda when available, else cpu
     batch_frames: int = 64  # frames per device batch, packed across videos: large enough to fill a GPU
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU, where fp32 is faster and exact)
+    fp16: bool = False  # float16 autocast on CUDA in place of bf16 (T4/V100 lack bf16); ignored on CPU
 
     def __post_init__(self) -> None:
         if self.batch_frames < 1:

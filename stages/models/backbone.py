@@ -220,11 +220,17 @@ class Backbone(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------
     def forward_tensors(
-        self, frames: torch.Tensor, requests: Sequence[TensorRequest], *, bf16: bool = True
+        self,
+        frames: torch.Tensor,
+        requests: Sequence[TensorRequest],
+        *,
+        bf16: bool = True,
+        fp16: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Tensors ``name -> [N, *shape]`` for normalised frames [N, 3, S, S], or ``[B, T, *shape]`` for
         [B, T, 3, S, S]; one forward per call, pooling done on the device, bf16 autocast on CUDA (unless
-        ``bf16=False``). ``S`` is the native input size or any multiple of the patch size."""
+        ``bf16=False``; float16 instead with ``fp16=True``, for GPUs without bf16). ``S`` is the native
+        input size or any multiple of the patch size."""
         reqs = self.resolve(requests)
         lead = frames.shape[:-3]
         if frames.ndim not in (4, 5) or frames.shape[-3] != 3 or not frames.is_floating_point():
@@ -239,9 +245,10 @@ class Backbone(nn.Module):
         grid = self.grid_at(size)
         x = frames.reshape(-1, *frames.shape[-3:]).to(self.device, self._dtype, non_blocking=True)
         blocks = [(int(r.layer[1:]), r.kind) for r in reqs if r.layer.startswith("b")]
+        half = torch.float16 if fp16 else torch.bfloat16 if bf16 else None
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda" and bf16
+            torch.autocast("cuda", dtype=half)
+            if self.device.type == "cuda" and half is not None
             else contextlib.nullcontext()
         )
         with autocast, self._at_grid(grid):

@@ -18,13 +18,12 @@ spec, so a store always says how its frames were normalised (open_clip issue #10
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, WeightsError
 from stages.core.registry import Registry
 from stages.models import vit as fam
 from stages.models import weights
@@ -45,16 +44,25 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- entries
-def _register_open_clip(entry: str, arch: str, tag: str) -> None:
+def _register_open_clip(entry: str, arch: str, tag: str, about: str) -> None:
     def build(*, pretrained: str | None, fetch: bool) -> Built:
         return fam.open_clip_model(arch, pretrained or tag, fetch)
 
+    build.__doc__ = f"open_clip {arch}, pretrained={tag!r}: {about}"
+    build.family, build.arch = "open_clip", arch  # type: ignore[attr-defined]  (for --list-backbones)
+    build.tag = tag  # type: ignore[attr-defined]
     BACKBONES.register(entry)(build)
 
 
-_register_open_clip("openclip_vit_b16.openai", "ViT-B-16", "openai")
-_register_open_clip("openclip_vit_l14.openai", "ViT-L-14", "openai")
-_register_open_clip("openclip_vit_b16.laion2b", "ViT-B-16", "laion2b_s34b_b88k")
+_register_open_clip(
+    "openclip_vit_b16.openai", "ViT-B-16", "openai", "CLIP ViT-B/16, 224 px, width 768, 12 blocks"
+)
+_register_open_clip(
+    "openclip_vit_l14.openai", "ViT-L-14", "openai", "CLIP ViT-L/14, 224 px, width 1024, 24 blocks"
+)
+_register_open_clip(
+    "openclip_vit_b16.laion2b", "ViT-B-16", "laion2b_s34b_b88k", "CLIP ViT-B/16 trained on LAION-2B, 224 px"
+)
 
 
 @BACKBONES.register("test_openclip_vit")
@@ -74,19 +82,45 @@ def _test_openclip_vit(*, pretrained: str | None, fetch: bool) -> Built:
     return fam.open_clip_built(model.visual, None)
 
 
-def _register_timm(entry: str, name: str) -> None:
+def _register_timm(entry: str, name: str, about: str) -> None:
     def build(*, pretrained: str | None, fetch: bool) -> Built:
         return fam.timm_model(name if pretrained is None else name.partition(".")[0], pretrained, fetch)
 
+    build.__doc__ = f"timm {name}: {about}"
+    build.family, build.arch = "timm", name.partition(".")[0]  # type: ignore[attr-defined]
+    build.tag = name.partition(".")[2]  # type: ignore[attr-defined]
     BACKBONES.register(entry)(build)
 
 
 _register_timm(
-    "timm_vit_small_patch16_224.augreg_in21k_ft_in1k", "vit_small_patch16_224.augreg_in21k_ft_in1k"
-)
+    "timm_vit_small_patch16_224.augreg_in21k_ft_in1k", "vit_small_patch16_224.augreg_in21k_ft_in1k",
+    "ViT-S/16 (ImageNet-21k, fine-tuned on 1k), 224 px, width 384",
+)  # fmt: skip
 _register_timm(
-    "timm_vit_base_patch16_224.augreg2_in21k_ft_in1k", "vit_base_patch16_224.augreg2_in21k_ft_in1k"
-)
+    "timm_vit_base_patch16_224.augreg2_in21k_ft_in1k", "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+    "ViT-B/16 (ImageNet-21k, fine-tuned on 1k), 224 px, width 768",
+)  # fmt: skip
+
+
+@BACKBONES.register("synth_vit_tiny.pretrained")
+def _synth_vit_tiny(*, pretrained: str | None, fetch: bool) -> Built:
+    """Tiny ViT pretrained on synthetic still frames (stages/models/synth_vit.py): 64 px, patch 8,
+    width 64, 4 blocks; ships with the package (0.7 MB), no download."""
+    from stages.models import synth_vit
+
+    if pretrained not in (None, "pretrained"):
+        raise ConfigError(f"synth_vit_tiny has one tag, 'pretrained'; got pretrained={pretrained!r}")
+    model = synth_vit.make_model()
+    if fetch:  # the shipped weights (a weights_file given instead replaces them)
+        digest = weights.sha256_file(synth_vit.WEIGHTS)
+        if digest != synth_vit.SHA256:
+            raise WeightsError(
+                f"{synth_vit.WEIGHTS} has sha256 {digest}, expected {synth_vit.SHA256}; reinstall "
+                "twostage, or rebuild it: python -m stages.bench.pretrain --out <that path>"
+            )
+        weights.load_timm(model, weights.read_state_dict(synth_vit.WEIGHTS))
+    built = fam.timm_built(model, "pretrained")
+    return built
 
 
 @BACKBONES.register("test_timm_vit")
@@ -125,6 +159,7 @@ def build_backbone(
     weights_file: str | Path | None = None,
     device: str | torch.device = "cpu",
     trainable: str | int | None = 0,
+    random_init: bool = False,
 ) -> Backbone:
     """Build a backbone by registry name, or ``"open_clip:<model>"`` / ``"timm:<model>"``.
 
@@ -137,6 +172,8 @@ def build_backbone(
         device: where the model lives and computes.
         trainable: 0 = frozen (stage one), ``"all"``, or N = only the last N blocks (and what follows
             them) learn (the end-to-end path).
+        random_init: allow a model without weights (no tag, no file): refused otherwise, because its
+            features are noise. ``test_*`` entries are random by design.
     """
     path = weights.check_weights_file(weights_file) if weights_file is not None else None
     family, _, model_name = name.partition(":") if name.startswith(_PREFIXES) else ("", "", name)
@@ -149,9 +186,11 @@ def build_backbone(
     if path is not None:
         load = weights.load_open_clip if built.taps.family == "open_clip" else weights.load_timm
         load(built.taps.model, weights.read_state_dict(path))
-    elif built.pretrained is None and not name.startswith("test_"):
-        warnings.warn(
-            f"backbone {name!r} has random weights (no pretrained tag, no weights_file)", stacklevel=2
+    elif built.pretrained is None and not name.startswith("test_") and not random_init:
+        raise ConfigError(
+            f"backbone {name!r} would have random weights (no pretrained tag, no weights_file): its features "
+            "carry nothing. Give backbone.pretrained=TAG (`twostage --list-backbones` shows the tags), "
+            "backbone.weights_file=PATH, or backbone.random_init=true if random features are what you want"
         )
     return Backbone(built.taps, _spec(name, built, path), device, trainable)
 

@@ -16,6 +16,8 @@ from torch import nn
 
 from stages.core.errors import WeightsError
 
+E2E_BACKBONE_PREFIX = "backbone.model."  # the ViT's keys in an end-to-end checkpoint (stages/e2e/model.py)
+
 
 def check_weights_file(path: str | Path) -> Path:
     """The absolute path of an existing weights file, else a :class:`WeightsError` saying what to do."""
@@ -39,7 +41,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs), unwrapped
-    from a ``{"state_dict"|"model": ...}`` checkpoint and stripped of DDP's ``module.`` prefix."""
+    from a ``{"state_dict"|"model": ...}`` checkpoint and stripped of DDP's ``module.`` prefix. From an
+    end-to-end checkpoint (``stages.e2e``: keys ``backbone.model.*`` and ``head.*``) only the backbone's
+    weights, keyed as the ViT itself names them."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -60,7 +64,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(
             f"weights file {path} holds a {type(obj).__name__}, expected a state dict of tensors"
         )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    if any(k.startswith(E2E_BACKBONE_PREFIX) for k in state):  # an e2e checkpoint: its fine-tuned backbone
+        return {
+            k.removeprefix(E2E_BACKBONE_PREFIX): v
+            for k, v in state.items()
+            if k.startswith(E2E_BACKBONE_PREFIX)
+        }
+    return state
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -450,12 +450,15 @@ def fake_timm(monkeypatch):
         ("timm:vit_tiny_patch16_224", None, "vit_tiny_patch16_224", False),
     ],
 )
-def test_timm_builders_pass_names(fake_timm, name, pretrained, full, fetch, recwarn):
-    bb = build_backbone(name, pretrained=pretrained)
+def test_timm_builders_pass_names(fake_timm, name, pretrained, full, fetch):
+    if not fetch:  # no weights at all: refused unless asked for
+        with pytest.raises(ConfigError, match=r"would have random weights .*backbone.random_init=true"):
+            build_backbone(name, pretrained=pretrained)
+        fake_timm.clear()
+    bb = build_backbone(name, pretrained=pretrained, random_init=not fetch)
     ((got, kwargs),) = fake_timm
     assert got == full and kwargs == dict(pretrained=fetch, num_classes=0)
     assert bb.spec["family"] == "timm" and bb.spec["pretrained"] == (full.partition(".")[2] or None)
-    assert fetch or any("random weights" in str(w.message) for w in recwarn)
 
 
 def test_timm_failures(monkeypatch):
@@ -469,14 +472,14 @@ def test_timm_failures(monkeypatch):
     )
     monkeypatch.setattr(timm, "create_model", lambda *_a, **_kw: create("test_vit", **registers))
     with pytest.raises(ConfigError, match="only ViTs with one CLS token and no register tokens"):
-        build_backbone("timm:vit_tiny_patch16_224")
+        build_backbone("timm:vit_tiny_patch16_224", random_init=True)
 
 
-def test_timm_qk_norm_q_k_captured_but_not_recomputable(monkeypatch, recwarn):
+def test_timm_qk_norm_q_k_captured_but_not_recomputable(monkeypatch):
     create = timm.create_model
     cfg = dict(num_classes=0, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, qk_norm=True)
     monkeypatch.setattr(timm, "create_model", lambda *_a, **_kw: create("test_vit", **cfg))
-    bb = build_backbone("timm:vit_tiny_patch16_224")
+    bb = build_backbone("timm:vit_tiny_patch16_224", random_init=True)
     assert not bb.qk_recomputable
     with pytest.raises(ConfigError, match="qk_norm.*store kinds 'q' and 'k' instead"):
         bb.frozen_weights([0])
