@@ -4,6 +4,8 @@ two commands): the user's surface.
 Every command lives in its own module (``pipeline/commands/``, ``pipeline/run.py``, ``pipeline/commit.py``)
 with a ``main(argv)``; modules are imported only when their command runs, so ``--help`` answers fast.
 Errors a user caused print as one line (``twostage: error: ...``, exit 2), never as a traceback.
+Progress goes through ``logging`` (``stages/core/log.py``): ``twostage --verbose COMMAND ...`` shows debug
+lines, ``twostage --quiet COMMAND ...`` warnings only; ``TWOSTAGE_LOG_LEVEL`` sets the default.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from pipeline.commands import COMMANDS
+
+LOG_FLAGS = {"-v": "DEBUG", "--verbose": "DEBUG", "-q": "WARNING", "--quiet": "WARNING"}
 
 
 def _version() -> str:
@@ -28,13 +34,59 @@ def _version() -> str:
 
 def _list(kind: str) -> int:
     if kind == "backbones":
-        from stages.models import BACKBONES as reg
-    else:
-        from stages.train.heads import HEADS as reg
+        print(backbone_listing())
+        return 0
+    from stages.train.heads import HEADS as reg
+
     for name in reg.names():
         doc = (reg.get(name).__doc__ or "").strip().splitlines()
         print(f"{name:<48} {doc[0] if doc else ''}")
     return 0
+
+
+def _tags(family: str | None, arch: str | None) -> list[str]:
+    """The pretrained tags open_clip / timm know for ``arch`` (empty for our own entries)."""
+    if family == "open_clip":
+        import open_clip
+
+        return list(open_clip.list_pretrained_tags_by_model(arch))
+    if family == "timm":
+        import timm
+
+        return [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+    return []
+
+
+def backbone_listing() -> str:
+    """Every registered backbone: its description, its pretrained tags (the default marked ``*``) and the
+    pass-through name that reaches the same model; then how to name any other open_clip / timm model."""
+    from stages.models import BACKBONES
+
+    wrap = textwrap.TextWrapper(width=110, initial_indent="    ", subsequent_indent="      ")
+    lines = ["registered backbones (backbone.name=NAME; backbone.pretrained=TAG picks another tag):", ""]
+    for name in BACKBONES.names():
+        build = BACKBONES.get(name)
+        family, arch, tag = (getattr(build, k, None) for k in ("family", "arch", "tag"))
+        doc = " ".join((build.__doc__ or "").split())
+        lines.append(name)
+        lines += wrap.wrap(doc) if doc else []
+        if family is None:
+            lines.append("    pretrained: random init (a test entry)" if name.startswith("test_") else
+                         "    pretrained: its own weights, shipped with the package")  # fmt: skip
+            continue
+        tags = [f"{t}*" if t == tag else t for t in _tags(family, arch)] or [f"{tag}*"]
+        lines += wrap.wrap(f"pretrained tags (* = default): {', '.join(tags)}")
+        lines.append(f"    same model: backbone.name={family}:{arch} backbone.pretrained={tag}")
+    lines += [
+        "",
+        "any other model, unregistered (weights by tag, or backbone.weights_file=PATH; without either it is",
+        "refused unless backbone.random_init=true):",
+        "  open_clip:<model>  backbone.pretrained=<tag>   models: open_clip.list_models(); tags: "
+        "open_clip.list_pretrained()",
+        "  timm:<model>       backbone.pretrained=<tag>   models and tags: timm.list_pretrained() "
+        "('<model>.<tag>')",
+    ]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `twostage COMMAND --help` for each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"twostage {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines too (before COMMAND)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     parser.add_argument("--list-backbones", action="store_true", help="print the registered backbones")
     parser.add_argument("--list-heads", action="store_true", help="print the registered heads")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from stages.core import log
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    level = os.environ.get(log.LEVEL_ENV, "INFO")
+    while argv and argv[0] in LOG_FLAGS:  # global flags come before the command
+        level = LOG_FLAGS[argv.pop(0)]
+    log.setup(level)
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)

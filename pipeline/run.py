@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any, Literal
 
 from stages.core.config import from_dict, load_config, merge, to_dict
 from stages.core.errors import ConfigError, TwostageError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,7 +150,8 @@ def run_dataset(p: Plan) -> list[dict[str, Any]]:
             sprite=s.sprite,
         )
     if store_is_current(p.extract):
-        print(f"[{p.dataset.name}] stage one: {p.extract.store.path} already holds these features; skipped")
+        logger.info("[%s] stage one: %s already holds these features; skipped", p.dataset.name,
+                    p.extract.store.path)  # fmt: skip
     else:
         stats = run_extract(p.extract)
         print_summary(summary(stats), p.extract.store.path)
@@ -204,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("config", help="pipeline YAML (configs/quickstart.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--verbose", action="store_true", help="also the per-epoch and evaluation lines")
     args = parser.parse_args(argv)
+    if not args.verbose:  # a progress bar per training (train.run.progress) tells enough
+        logging.getLogger("stages.train.loop").setLevel(logging.WARNING)
     cfg = load_config(PipelineConfig, args.config, args.overrides)
     plans = plan(cfg)
     t0 = time.perf_counter()

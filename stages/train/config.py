@@ -24,6 +24,7 @@ class DataConfig:
     eval_clips: int = 1  # clips per stored view at eval, spread evenly (>1 for long dense views)
     short_videos: Literal["refuse", "pad"] = "refuse"  # a view shorter than a clip: refuse, or pad it
     integrity: Literal["check", "skip", "off"] = "check"  # checksum each video on first read: stop / skip it
+    stream_by: Literal["video", "source"] = "video"  # memory heads: reset per video, or per source (segments)
     batch_size: int = 32  # clips per step and process; small heads train well at 32-64
     eval_batch_size: int | None = None  # None = 2 x batch_size (no gradients kept at eval)
     workers: int = 2  # loader processes per training process; store reads overlap the step
@@ -87,10 +88,13 @@ class RunConfig:
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     device: str = "auto"  # auto = cuda when available, else cpu
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU, where fp32 is faster and exact)
+    fp16: bool = False  # float16 autocast + loss scaling in place of bf16 (T4/V100 lack bf16); eval in fp32
     allow_incomplete: bool = False  # train on a store stage one has not finished (only its committed videos)
     resume: bool = True  # continue from out/last.pt when it exists (same config), else start anew
-    log_every: int = 50  # optimizer steps between progress lines on stdout
+    log_every: int = 50  # optimizer steps between progress lines (logged; `twostage --quiet` hides them)
+    progress: bool = False  # a progress bar over epochs on stderr (the quickstart turns it on)
     plots: bool = True  # write curves.png (loss and accuracy) after every epoch
+    tensorboard: bool = False  # also TensorBoard scalars in out/tensorboard (needs: pip install tensorboard)
     checkpoint_every: int = 0  # also save last.pt every N optimizer steps (long epochs); 0 = epoch ends only
 
     def __post_init__(self) -> None:
@@ -110,6 +114,6 @@ class TrainConfig:
 
 
 # Keys that may change between a run and its resumption without changing what is trained.
-RESUMABLE_CHANGES = ("run.resume", "run.log_every", "run.plots", "run.device", "run.out",
-                     "run.checkpoint_every", "run.allow_incomplete", "data.workers", "data.eval_batch_size",
-                     "data.store", "data.val_store")  # fmt: skip
+RESUMABLE_CHANGES = ("run.resume", "run.log_every", "run.progress", "run.plots", "run.tensorboard",
+                     "run.device", "run.out", "run.checkpoint_every", "run.allow_incomplete", "data.workers",
+                     "data.eval_batch_size", "data.store", "data.val_store")  # fmt: skip

@@ -6,6 +6,8 @@
       best.pt        a copy of last.pt whenever the validation top-1 improved
       metrics.jsonl  line 1: the resolved config; then one line per epoch and per evaluation
       curves.png     loss and accuracy against epoch
+      tensorboard/   with run.tensorboard=true: the same figures as TensorBoard scalars (`pip install
+                     tensorboard`; tags epoch/<key> and eval/<key>, at the optimizer step)
 
 Checkpoints hold plain types only, so they load with ``torch.load(path, weights_only=True)``.
 """
@@ -72,8 +74,11 @@ class MetricsLog:
     before its checkpoint would otherwise log that epoch twice).
     """
 
-    def __init__(self, path: Path, header: dict[str, Any], resume_epoch: int | None, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
+    def __init__(
+        self, path: Path, header: dict[str, Any], resume_epoch: int | None, enabled: bool,
+        tensorboard: Any = None,
+    ) -> None:  # fmt: skip
+        self.path, self.enabled, self.tensorboard = path, enabled, tensorboard
         self.records: list[dict[str, Any]] = []
         if resume_epoch is not None and path.exists():
             lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -86,6 +91,31 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record, default=str) + "\n")
+        if self.tensorboard is not None:  # the same numbers, as scalars at the record's optimizer step
+            for key, value in record.items():
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if number and key not in ("epoch", "step"):
+                    self.tensorboard.add_scalar(f"{record['type']}/{key}", value, global_step=record["step"])
+            self.tensorboard.flush()
+
+
+def tensorboard_writer(folder: Path, purge_step: int | None) -> Any:
+    """A ``SummaryWriter`` on ``folder``; a resumed run (``purge_step``: its step + 1) drops the events
+    the interrupted run wrote after its checkpoint, as metrics.jsonl drops those lines.
+
+    Raises:
+        ConfigError: the tensorboard package is not installed.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        from stages.core.errors import ConfigError
+
+        raise ConfigError("run.tensorboard=true needs the tensorboard package: pip install tensorboard "
+                          "(or set run.tensorboard=false; metrics.jsonl holds the same figures)")  # fmt: skip
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> None:

@@ -60,8 +60,11 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu" if name == "auto" else name)
 
 
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on CPU (fp32 is faster and exact there)."""
+def autocast(device: torch.device, bf16: bool, fp16: bool = False) -> contextlib.AbstractContextManager:
+    """float16 autocast when ``fp16`` (on any device: GPUs without bf16, T4/V100; the loop scales the loss),
+    else bf16 autocast on CUDA; nothing on CPU (fp32 is faster and exact there)."""
+    if fp16:
+        return torch.autocast(device.type, dtype=torch.float16)
     if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
