@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import multiprocessing as mp
 import os
 import socket
@@ -41,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from stages.core.errors import ConfigError, TwostageError
 from store import layout
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # dask and stage one are imported only when a cluster run is asked for
     from distributed import Client, Future
@@ -235,7 +238,7 @@ def _committed_ids(path: str) -> set[str]:
 
 def _wait_for_workers(client: Client) -> list[dict[str, Any]]:
     if not _workers(client):
-        print("waiting for the cluster's first worker (batch jobs may queue) ...", flush=True)
+        logger.info("waiting for the cluster's first worker (batch jobs may queue) ...")
         client.wait_for_workers(1)
     return _workers(client)
 
@@ -243,14 +246,12 @@ def _wait_for_workers(client: Client) -> list[dict[str, Any]]:
 def plan_parts(items: Sequence[Any], committed: set[str], count: int) -> list[tuple[int, list[int]]]:
     """``(part index, item numbers still to extract)`` of every part of the ``count``-way split with work.
 
-    The split is ``stages.extract.stage.select_part``'s (round-robin over the sorted ids), so cluster parts
-    and ``--part I/N`` parts are the same parts and a rerun with the same ``count`` resumes each part.
+    The split is ``stages.extract.stage.split_parts`` (as ``--part I/N``), so cluster parts and
+    ``--part I/N`` parts are the same parts and a rerun with the same ``count`` resumes each part.
     """
-    order = sorted(range(len(items)), key=lambda i: items[i].id)
-    parts: list[list[int]] = [[] for _ in range(count)]
-    for k, n in enumerate(order):
-        if items[n].id not in committed:
-            parts[k % count].append(n)
+    from stages.extract.stage import split_parts
+
+    parts = [[n for n in numbers if items[n].id not in committed] for numbers in split_parts(items, count)]
     return [(index, numbers) for index, numbers in enumerate(parts) if numbers]
 
 
@@ -278,8 +279,10 @@ def submit_parts(
 # -- the task ---------------------------------------------------------------------------------------
 def extract_part(cfg: ExtractConfig, index: int, count: int, gpu: bool) -> dict[str, Any]:
     """The task: extract part ``index`` of ``count`` on this worker; its ``Stats`` as a dict."""
+    from stages.core import log
     from stages.extract.stage import run_extract
 
+    log.setup_child()  # a dask worker did not run our CLI: log as the driver does, as [worker NAME]
     if mp.current_process().daemon:
         raise ClusterError(
             "this dask worker is a daemonic process and cannot start decode processes: "

@@ -68,6 +68,23 @@ class _Video:
     done: bool = False  # its worker has sent every chunk
 
 
+def decode_tasks(items: list[sources.VideoItem], numbers: list[int]) -> list[int | list[int]]:
+    """The decode workers' tasks: a video number, or the numbers of the segments of one file (same
+    ``meta["group"]``: the file is opened once for all of them), in the order of ``numbers``."""
+    tasks: list[int | list[int]] = []
+    groups: dict[str, list[int]] = {}
+    for n in numbers:
+        group = items[n].meta.get("group")
+        if group is None:
+            tasks.append(n)
+        elif group in groups:
+            groups[group].append(n)
+        else:
+            groups[group] = [n]
+            tasks.append(groups[group])  # type: ignore[arg-type]
+    return [t[0] if isinstance(t, list) and len(t) == 1 else t for t in tasks]
+
+
 class Extractor:
     """Runs one part: ``Extractor(...).run(items, numbers)``; each item is committed or recorded failed."""
 
@@ -86,8 +103,9 @@ class Extractor:
         progress: Any = None,
         video_timeout_s: float = 600.0,
         bf16: bool = True,
+        fp16: bool = False,
     ) -> None:
-        self.video_timeout_s, self.bf16 = video_timeout_s, bf16
+        self.video_timeout_s, self.bf16, self.fp16 = video_timeout_s, bf16, fp16
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.backbone, self.requests, self.job, self.writer = backbone, requests, job, writer
         self.workers, self.batch_frames, self.quantise = max(1, workers), batch_frames, quantise
@@ -107,9 +125,10 @@ class Extractor:
         ctx = _context()
         self._tasks, self._results = ctx.Queue(), ctx.Queue(maxsize=self._queue_size())
         self._decoded = 0  # videos whose worker is finished with them (done or failed)
-        for n in numbers:
-            self._tasks.put(n)
-        procs = [self._spawn(ctx) for _ in range(min(self.workers, max(1, len(numbers))))]
+        tasks = decode_tasks(items, numbers)
+        for task in tasks:
+            self._tasks.put(task)
+        procs = [self._spawn(ctx) for _ in range(min(self.workers, max(1, len(tasks))))]
         for _ in procs:
             self._tasks.put(None)
         self._write_q: queue.Queue[Any] = queue.Queue(maxsize=16)
@@ -137,8 +156,10 @@ class Extractor:
 
     def _spawn(self, ctx: Any) -> tuple[Any, Any, Any]:
         slot, started = ctx.Value("l", -1), ctx.Value("d", 0.0)
+        self._spawned = getattr(self, "_spawned", 0) + 1
         proc = ctx.Process(
             target=worker_main,
+            name=f"decode-{self._spawned - 1}",  # log lines say which decode worker: [worker decode-2]
             daemon=True,
             args=(self.job, self.items, self._tasks, self._results, slot, started, os.getpid()),
         )
@@ -251,7 +272,7 @@ class Extractor:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         with torch.inference_mode():  # frozen features: no autograd bookkeeping at all
             outputs = self.backbone.forward_tensors(
-                batch.to(self.device).float(), self.requests, bf16=self.bf16
+                batch.to(self.device).float(), self.requests, bf16=self.bf16, fp16=self.fp16
             )
         host = {name: self._to_host(y) for name, y in outputs.items()}
         self.stats.model_s += time.perf_counter() - t0

@@ -8,6 +8,7 @@ videos) -> overlapped extraction -> finalize -> summary. See ``stages/extract/ru
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from stages.core.config import to_dict
@@ -113,8 +114,20 @@ def select_part(items: list[sources.VideoItem], part: str | None) -> tuple[list[
             raise ValueError
     except ValueError:
         raise ConfigError(f"run.part: {part!r} is not 'I/N' with 0 <= I < N (e.g. 3/8)") from None
-    order = sorted(range(len(items)), key=lambda i: items[i].id)  # stable whatever the list order
-    return [n for k, n in enumerate(order) if k % count == index], layout.part_name(index, count), False
+    return split_parts(items, count)[index], layout.part_name(index, count), False
+
+
+def split_parts(items: Sequence[sources.VideoItem], count: int) -> list[list[int]]:
+    """The item numbers of each part of the ``count``-way split (``--part I/N`` and the dask driver):
+    round-robin over the sorted ids, stable whatever the list order, except that the segments of one file
+    (``meta["group"]``) go to one part together, which opens the file once for all of them."""
+    units: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        units.setdefault(item.meta.get("group") or item.id, []).append(i)
+    parts: list[list[int]] = [[] for _ in range(count)]
+    for k, key in enumerate(sorted(units)):
+        parts[k % count] += units[key]
+    return [sorted(p, key=lambda i: items[i].id) for p in parts]
 
 
 def prepare_store(
@@ -129,6 +142,7 @@ def prepare_store(
         pretrained=cfg.backbone.pretrained,
         weights_file=cfg.backbone.weights_file,
         device=device,
+        random_init=cfg.backbone.random_init,
     )
     requests = backbone.resolve(parse_requests(cfg.tensors, cfg.pool))
     stored = [r.name for r in requests]
@@ -176,6 +190,7 @@ def run_extract(
             progress=progress,
             video_timeout_s=cfg.run.video_timeout_s,
             bf16=cfg.backbone.bf16,
+            fp16=cfg.backbone.fp16,
         )
         stats = extractor.run(video_items, todo)
     if progress is not None:

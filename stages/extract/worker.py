@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.core import log
 from stages.extract.lifeline import die_with_parent
 from stages.video import decode, sources
 from stages.video.preprocess import Preprocessing
@@ -47,11 +48,16 @@ def plan_item(job: DecodeJob, reader: Any, item: sources.VideoItem) -> tuple[lis
     )  # fmt: skip
 
 
-def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any) -> None:
-    """Decode one video and stream its views; a failure is raised with ``.stage`` naming where it failed."""
+def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any, reader: Any = None) -> None:
+    """Decode one video (from ``reader`` when the file is already open) and stream its views; a failure is
+    raised with ``.stage`` naming where it failed."""
     progress = {"stage": "open"}
     try:
-        _decode_video(job, number, item, send, progress)
+        if reader is not None:
+            _decode_views(job, number, item, send, progress, reader)
+            return
+        with decode.open_video(sources.open_bytes(item), backend=job.decoder, name=item.path) as opened:
+            _decode_views(job, number, item, send, progress, opened)
     except ParentGone:
         raise
     except Exception as e:
@@ -59,58 +65,59 @@ def decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any
         raise
 
 
-def _decode_video(job: DecodeJob, number: int, item: sources.VideoItem, send: Any, progress: dict) -> None:
-    with decode.open_video(sources.open_bytes(item), backend=job.decoder, name=item.path) as reader:
-        progress["stage"] = "sample"
-        plans, first = plan_item(job, reader, item)
-        views = [
+def _decode_views(
+    job: DecodeJob, number: int, item: sources.VideoItem, send: Any, progress: dict, reader: Any
+) -> None:
+    progress["stage"] = "sample"
+    plans, first = plan_item(job, reader, item)
+    views = [
+        {
+            "view": p.view,
+            "rows": len(p.frame_indices),
+            "meta": {
+                "temporal_pos": int(p.temporal_pos),
+                "spatial_pos": int(p.spatial_pos),
+                "crop": [float(c) for c in p.crop],
+                "n_padded": int(np.sum(p.padded)),
+            },
+        }
+        for p in plans
+    ]
+    send(
+        (
+            "info",
+            number,
             {
-                "view": p.view,
-                "rows": len(p.frame_indices),
-                "meta": {
-                    "temporal_pos": int(p.temporal_pos),
-                    "spatial_pos": int(p.spatial_pos),
-                    "crop": [float(c) for c in p.crop],
-                    "n_padded": int(np.sum(p.padded)),
-                },
-            }
-            for p in plans
-        ]
-        send(
-            (
-                "info",
-                number,
-                {
-                    "num_frames": reader.info.num_frames,
-                    "fps": reader.info.fps,
-                    "views": views,
-                    "backend": reader.info.backend,
-                },
-            )
+                "num_frames": reader.info.num_frames,
+                "fps": reader.info.fps,
+                "views": views,
+                "backend": reader.info.backend,
+            },
         )
-        for p in plans:
-            for row0 in range(0, len(p.frame_indices), job.chunk):
-                progress["stage"] = "decode"
-                t0 = time.perf_counter()
-                idx = p.frame_indices[row0 : row0 + job.chunk] + first
-                frames = reader.get_frames(idx.tolist())
-                times = reader.timestamps(idx.tolist())
-                progress["stage"] = "preprocess"
-                x = job.pre(frames, p.crop)
-                x = x.numpy().astype(np.float16)  # halves the bytes crossing the process boundary
-                send(
-                    (
-                        "frames",
-                        number,
-                        p.view,
-                        row0,
-                        x,
-                        np.asarray(times, np.float64),
-                        idx,
-                        np.asarray(p.padded[row0 : row0 + job.chunk]),
-                        time.perf_counter() - t0,
-                    )
+    )
+    for p in plans:
+        for row0 in range(0, len(p.frame_indices), job.chunk):
+            progress["stage"] = "decode"
+            t0 = time.perf_counter()
+            idx = p.frame_indices[row0 : row0 + job.chunk] + first
+            frames = reader.get_frames(idx.tolist())
+            times = reader.timestamps(idx.tolist())
+            progress["stage"] = "preprocess"
+            x = job.pre(frames, p.crop)
+            x = x.numpy().astype(np.float16)  # halves the bytes crossing the process boundary
+            send(
+                (
+                    "frames",
+                    number,
+                    p.view,
+                    row0,
+                    x,
+                    np.asarray(times, np.float64),
+                    idx,
+                    np.asarray(p.padded[row0 : row0 + job.chunk]),
+                    time.perf_counter() - t0,
                 )
+            )
     send(("done", number))
 
 
@@ -153,6 +160,7 @@ def worker_main(
     import torch
 
     die_with_parent()  # the fork server is our parent: it dies with the extraction, and so do we
+    log.setup_child()  # forkserver children inherit no logging: log as the command does
     torch.set_num_threads(1)  # one core per worker: parallelism comes from the number of workers
     send = _put(results, parent)
     while True:
@@ -163,21 +171,44 @@ def worker_main(
             return
         if number is None:
             return
-        slot.value, started.value = number, time.time()
-        item = items[number]
         try:
-            decode_video(job, number, item, send)
+            run_task(job, items, number, send, slot, started)
         except ParentGone:
             results.cancel_join_thread()
             return
-        except Exception as e:  # noqa: BLE001 - one bad video never stops the run
-            stage = getattr(e, "stage", "decode")
-            message = f"{type(e).__name__}: {e}"
-            if not isinstance(e, decode.DecodeError):
-                message += "\n" + traceback.format_exc(limit=3)
-            try:
-                send(("fail", number, stage, message))
-            except ParentGone:
-                results.cancel_join_thread()
-                return
         slot.value = -1
+
+
+def run_task(job: DecodeJob, items: list[sources.VideoItem], task: int | list[int], send: Any, slot: Any,
+             started: Any) -> None:  # fmt: skip
+    """One task: a video, or the segments of one file (a list: the file is opened and probed once for all
+    of them). Each video's failure is reported as its own; only ``ParentGone`` is raised."""
+    numbers = task if isinstance(task, list) else [task]
+    shared = None
+    try:
+        if len(numbers) > 1:
+            first = items[numbers[0]]
+            shared = decode.open_video(sources.open_bytes(first), backend=job.decoder, name=first.path)
+    except Exception as e:  # noqa: BLE001 - the file cannot be opened: every segment of it fails so
+        for number in numbers:
+            _report(send, number, "open", e)
+        return
+    try:
+        for number in numbers:
+            slot.value, started.value = number, time.time()
+            try:
+                decode_video(job, number, items[number], send, reader=shared)
+            except ParentGone:
+                raise
+            except Exception as e:  # noqa: BLE001 - one bad video never stops the run
+                _report(send, number, getattr(e, "stage", "decode"), e)
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def _report(send: Any, number: int, stage: str, e: BaseException) -> None:
+    message = f"{type(e).__name__}: {e}"
+    if not isinstance(e, decode.DecodeError):
+        message += "\n" + traceback.format_exc(limit=3)
+    send(("fail", number, stage, message))

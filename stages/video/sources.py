@@ -6,7 +6,17 @@ is decoded here, and a video path that does not exist is left for extraction to 
 Accepted specs:
 
 - ``list.csv`` / ``list.jsonl``: ``path`` (relative to the list's folder), optional ``label``, ``id``,
-  ``start``, ``end`` (seconds). A ``classes.txt`` next to the list fixes the class order.
+  ``start``, ``end`` (seconds), ``split`` (``train``/``val``/``test``: stage two trains on ``train``,
+  validates on ``val``, ``twostage eval --split test``) and ``meta`` (a JSON object kept with the video in
+  the store). A ``classes.txt`` next to the list fixes the class order. Rows that name the same file
+  several times are **segments** of it (e.g. the actions of a long video): each is its own item, with
+  ``meta["group"]`` = the file (so its decoding can be shared) and, unless the row has an ``id``, the id
+  ``<file id>__<start>-<end>`` (``P01_01__12.5-15.25``). Duplicate ids stay an error.
+- ``FORMAT:ANNOTATIONS[,MORE]#VIDEO_ROOT[#option=value...]``: a data set's official annotation files,
+  read by the ``FORMAT`` adapter (``kinetics``, ``ssv2``, ``ucf101``, ``hmdb51``, ``epic100``,
+  ``charades``; see :mod:`stages.video.adapters`), e.g.
+  ``ucf101:/data/ucf101/ucfTrainTestlist#/data/ucf101/UCF-101#fold=2``. ``twostage sources`` writes the
+  same rows as a list file.
 - ``ROOT/``: ``ROOT/<class>/<video files>``; or, when ``ROOT/labels.csv`` exists, that list.
 - ``shard-{000000..000009}.tar`` or ``one.tar``: webdataset shards as video2dataset writes them. Members
   are grouped by key (name up to the first dot of the basename); the video member is read in memory by
@@ -25,14 +35,16 @@ import json
 import os
 import re
 import tarfile
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from stages.core.errors import InvalidIdError, LabelError, SourceError
+from stages.video import adapters
+from stages.video.adapters.common import VIDEO_EXTENSIONS, normalise_split, parse_meta, segment_id
 
-VIDEO_EXTENSIONS = frozenset({"mp4", "avi", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "flv", "wmv"})
 TAR_PREFIX = "tar://"
 MAX_ID_LENGTH = 200  # ids become store keys and file names: keep them well under filesystem limits
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -49,7 +61,8 @@ class VideoItem:
         label: class name, or ``None`` for unlabelled videos.
         start: optional trim start in seconds.
         end: optional trim end in seconds.
-        meta: extra facts, e.g. ``{"shard", "key", "member", "offset", "size"}`` for webdataset members.
+        meta: extra facts, e.g. ``{"shard", "key", "member", "offset", "size"}`` for webdataset members;
+            ``split`` (train/val/test) and ``group`` (the file several segments share) from lists.
     """
 
     id: str
@@ -86,8 +99,8 @@ def read_source(spec: str, *, classes: Sequence[str] | None = None) -> tuple[lis
     """Read a video source into items and the ordered class names.
 
     Args:
-        spec: a ``.csv``/``.jsonl`` list, a class-per-folder directory, or webdataset tar shard(s)
-            (``shard-{000..009}.tar``).
+        spec: a ``.csv``/``.jsonl`` list, a class-per-folder directory, webdataset tar shard(s)
+            (``shard-{000..009}.tar``), or ``FORMAT:ANNOTATIONS#VIDEO_ROOT`` (see the module docstring).
         classes: the class names in index order; every label must be one of them. ``None``: a
             ``classes.txt`` next to the list if present, else the sorted unique labels (numerically when
             all labels are integers).
@@ -101,6 +114,9 @@ def read_source(spec: str, *, classes: Sequence[str] | None = None) -> tuple[lis
         LabelError: a label not in ``classes``.
     """
     spec = os.fspath(spec)
+    if adapters.is_format_spec(spec):
+        name, annotations, videos, options = adapters.parse_spec(spec)
+        return read_listing(adapters.adapt(name, annotations, videos, **options), spec, classes=classes)
     if _is_tar_spec(spec):
         items, origins, class_file = _read_shards(expand_braces(spec)), {}, None
     else:
@@ -118,6 +134,21 @@ def read_source(spec: str, *, classes: Sequence[str] | None = None) -> tuple[lis
     if classes is None and class_file is not None and class_file.is_file():
         classes = [ln.strip() for ln in class_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return items, _resolve_classes(items, classes, origins, spec)
+
+
+def read_listing(
+    listing: adapters.Listing, origin: str, *, classes: Sequence[str] | None = None
+) -> tuple[list[VideoItem], list[str]]:
+    """Items and class names of an adapter's rows, checked like a list file's; ``classes`` (else the
+    format's own class order, else the sorted labels) fixes the class order. Notes become warnings."""
+    for note in listing.notes:
+        warnings.warn(f"{origin}: {note}", stacklevel=2)
+    rows = ((r.get("where") or f"{origin} row {n}", r) for n, r in enumerate(listing.rows, 1))
+    items, origins = _items(rows, Path(os.sep))
+    if not items:
+        raise SourceError(f"source {origin!r} holds no videos; check the annotation files and options")
+    _check_duplicates(items, origin)
+    return items, _resolve_classes(items, listing.classes if classes is None else classes, origins, origin)
 
 
 def _is_tar_spec(spec: str) -> bool:
@@ -138,11 +169,20 @@ def _read_list(path: Path) -> tuple[list[VideoItem], dict[str, str]]:
         records = _jsonl_records(path)
     else:
         raise SourceError(f"video source {str(path)!r} has an unknown type {suffix!r}; expected {_EXPECTED}")
-    items, origins = [], {}
-    for line, rec in records:
-        where = f"{path}:{line}"
-        item = _item_from_record(rec, path.parent, where)
-        items.append(item)
+    return _items(((f"{path}:{line}", rec) for line, rec in records), path.parent)
+
+
+def _items(records: Iterable[tuple[str, dict]], root: Path) -> tuple[list[VideoItem], dict[str, str]]:
+    """Items of ``(where, row)`` records and, per id, where it came from. Rows naming one file several
+    times are its segments: ``meta["group"]`` = the file; without an ``id``: ``<file id>__<start>-<end>``."""
+    records = list(records)
+    items = [_item_from_record(rec, root, where) for where, rec in records]
+    uses = Counter(it.path for it in items)
+    origins: dict[str, str] = {}
+    for n, ((where, rec), item) in enumerate(zip(records, items, strict=True)):
+        if uses[item.path] > 1:
+            video_id = item.id if _text(rec.get("id")) else segment_id(item.id, item.start, item.end)
+            item = items[n] = replace(item, id=validate_id(video_id), meta={**item.meta, "group": item.path})
         origins.setdefault(item.id, where)
     return items, origins
 
@@ -196,7 +236,10 @@ def _item_from_record(rec: dict, root: Path, where: str) -> VideoItem:
         validate_id(video_id)
     except InvalidIdError as e:
         raise InvalidIdError(f"{where}: {e}") from None
-    return VideoItem(video_id, os.path.abspath(os.path.join(root, raw)), label, start, end)
+    meta = parse_meta(rec.get("meta"), where)
+    split = normalise_split(rec.get("split") or meta.pop("split", None), where)
+    meta = meta | ({"split": split} if split else {})
+    return VideoItem(video_id, os.path.abspath(os.path.join(root, raw)), label, start, end, meta)
 
 
 def _text(value: object) -> str | None:
