@@ -1,8 +1,9 @@
-"""``twostage eval CHECKPOINT STORE [--split heldout|all]``: score a trained head on a feature store.
+"""``twostage eval CHECKPOINT STORE [--split heldout|all|train|val|test]``: score a trained head on a store.
 
 By default only the videos the checkpoint did not train on are scored (the held-out split of its own
 store, or every video of another store that is not one of its training videos), and the output says so.
-``--split all`` scores every labelled video and warns when training videos are among them.
+``--split all`` scores every labelled video and warns when training videos are among them; ``--split
+test`` (``val``, ``train``) scores the videos of that split of the source list (its ``split`` column).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("store", help="feature store to evaluate on (path or fsspec URL)")
     parser.add_argument(
         "--split",
-        choices=("heldout", "all"),
+        choices=("heldout", "all", "train", "val", "test"),
         default="heldout",
         help="heldout (default): only videos the checkpoint did not train on; all: every labelled video "
-        "(training videos included: not a test score)",
+        "(training videos included: not a test score); train/val/test: that split of the source list",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default 64)")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if m["training_videos"]:
         print(
             f"WARNING: {m['training_videos']} of the {m['videos']} scored videos were used to train this "
-            "checkpoint: this is not a test score (drop --split all to score held-out videos only)",
+            "checkpoint: this is not a test score (--split heldout or test scores unseen videos only)",
             file=sys.stderr,
         )
     if a.json:
@@ -65,4 +66,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['split_description']}: {m['videos']} videos, {m['clips']} clips")  # fmt: skip
     print(f"  top-1 {m['top1']:.4f}  top-5 {top5}  mean class accuracy {m['mean_class_acc']:.4f}  "
           f"loss {m['val_loss']:.4f}")  # fmt: skip
+    if "top1_mean" in m:  # a memory head, run online: top-1 above is each video's last chunk
+        print(f"  online: top-1 at the last chunk {m['top1']:.4f}, of the mean over chunks "
+              f"{m['top1_mean']:.4f}, per chunk {m['chunk_top1']:.4f} (--json: every chunk)")  # fmt: skip
     return 0

@@ -3,6 +3,7 @@
 - a store still being written (unless ``run.allow_incomplete``), or without labelled videos;
 - a validation store or checkpoint from another backbone, other classes, or other tensor shapes;
 - a checkpoint of another head (``head.init_from``, ``twostage eval``), or not a stage-two checkpoint;
+- an end-to-end checkpoint (``head.init_from``) on a store not extracted with its fine-tuned backbone;
 - resuming ``run.out/last.pt`` with a config that trains something else.
 (Missing tensors are refused by the head builders; too many frames by :class:`ClipDataset`.)
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,11 +19,13 @@ from torch import nn
 
 from stages.core.config import to_dict
 from stages.core.errors import CheckpointError, StoreCorruptError, StoreError, StoreMismatchError
+from stages.models.weights import sha256_file
 from stages.train.config import RESUMABLE_CHANGES, TrainConfig
 from stages.train.outputs import CHECKPOINT_FORMAT
 from store import FeatureStore
 from store.schema import diff, fingerprint
 
+E2E_HEAD_PREFIX = "head."  # the head's keys in an end-to-end checkpoint (stages/e2e/model.py)
 MACHINE_KEYS = ("weights_file",)  # backbone keys that name a place, not the features (a moved file is fine)
 
 
@@ -62,6 +66,7 @@ def store_meta(store: FeatureStore, inputs: list[str]) -> dict[str, Any]:
         "backbone_fingerprint": fingerprint(backbone_identity(store.backbone)),
         "classes": list(store.classes),
         "tensors": {n: list(store.tensors[n].shape) for n in inputs},
+        "extract": store.spec.config,  # the resolved extraction config: predict reruns it on raw videos
     }
 
 
@@ -121,6 +126,53 @@ def check_checkpoint(ckpt: dict[str, Any], *, head: str, store: FeatureStore, ke
         what=f"the checkpoint {key} (trained on {ckpt['store']['path']})",
         error=CheckpointError,
     )
+
+
+def init_state(
+    ckpt: dict[str, Any], *, head: str, store: FeatureStore, key: str, path: str | os.PathLike[str]
+) -> dict[str, torch.Tensor]:
+    """The head weights ``head.init_from`` gives, checked: a stage-two checkpoint's model, or the head of
+    an end-to-end checkpoint (``stages.e2e``, keys ``head.*``) on a store of its fine-tuned backbone."""
+    if "e2e" not in ckpt:
+        check_checkpoint(ckpt, head=head, store=store, key=key)
+        return ckpt["model"]
+    check_e2e_checkpoint(ckpt, head=head, store=store, key=key, path=path)
+    return {
+        k.removeprefix(E2E_HEAD_PREFIX): v for k, v in ckpt["model"].items() if k.startswith(E2E_HEAD_PREFIX)
+    }
+
+
+def check_e2e_checkpoint(
+    ckpt: dict[str, Any], *, head: str, store: FeatureStore, key: str, path: str | os.PathLike[str]
+) -> None:
+    """Refuse an end-to-end checkpoint of another head, other classes or tensor shapes, or a store not
+    extracted with its fine-tuned backbone (Gowda et al.: the spatial model frozen as stage one left it)."""
+    e2e, problems = ckpt["e2e"], []
+    if ckpt["head"]["name"] != head:
+        problems.append(f"it holds a {ckpt['head']['name']!r} head, this run uses {head!r} (set head.name)")
+    if list(e2e["classes"]) != list(store.classes):
+        problems.append(f"classes {list(e2e['classes'])[:5]} != the store's {list(store.classes)[:5]}")
+    arch = diff(_architecture(e2e["backbone"]), _architecture(store.backbone), "backbone")
+    problems += arch
+    for name, shape in e2e["tensors"].items():
+        if name in store.tensors and list(store.tensors[name].shape) != list(shape):
+            problems.append(
+                f"tensor {name}: {list(shape)} in the checkpoint, {list(store.tensors[name].shape)} stored"
+            )
+    if not arch and store.backbone.get("sha256") != (digest := sha256_file(Path(path))):
+        problems.append(
+            f"the store's backbone weights (sha256 {str(store.backbone.get('sha256'))[:12]}) are not this "
+            f"checkpoint's fine-tuned ones ({digest[:12]}); extract with backbone.weights_file={path}"
+        )
+    if problems:
+        raise CheckpointError(
+            f"{key} (an end-to-end checkpoint) does not fit {store.path}: " + "; ".join(problems)
+        )
+
+
+def _architecture(backbone: dict[str, Any]) -> dict[str, Any]:
+    """A backbone spec without what names its weights (an e2e run fine-tunes them)."""
+    return {k: v for k, v in backbone.items() if k not in (*MACHINE_KEYS, "sha256", "pretrained")}
 
 
 def load_weights(

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,6 +28,7 @@ from stages.core.errors import ConfigError, StoreError
 from stages.train import checks
 from stages.train.data import ClipDataset, EpochLoader, split_ids
 from stages.train.heads import Head, features_of, head_from_description
+from stages.train.online import online_loader, run_online
 from stages.train.runtime import Dist, autocast, pick_device, to_device
 from store import FeatureStore
 
@@ -59,6 +61,33 @@ def evaluate(
     out = video_metrics(probs, torch.as_tensor(labels)[seen.cpu()])
     return out | {"val_loss": (loss[0] / loss[1].clamp(min=1)).item(), "clips": int(loss[1].item()),
                   "eval_seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
+def evaluate_online(
+    model: nn.Module, loader: Iterable[Any], labels: np.ndarray, num_classes: int, *, device: torch.device,
+    bf16: bool, dist: Dist | None = None, keep_chunks: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Memory heads: each video run online, chunk by chunk (``stages/train/online.py``). ``top1``... score
+    each video's last chunk (it has seen the whole video through memory), ``top1_mean`` the softmax mean
+    over its chunks, ``chunk_top1`` every chunk; ``keep_chunks`` adds each chunk's prediction."""
+    dist, t0 = dist or Dist(), time.perf_counter()
+    run = run_online(model, loader, num_videos=len(labels), num_classes=num_classes, device=device, bf16=bf16,
+                     keep_chunks=keep_chunks)  # fmt: skip
+    if dist.active:
+        for t in (run.last, run.total, run.chunks, run.stats):
+            torch_dist.all_reduce(t)
+    seen, y = run.chunks > 0, torch.as_tensor(labels)
+    out = video_metrics(run.last[seen].cpu(), y[seen.cpu()])
+    mean = video_metrics((run.total[seen] / run.chunks[seen, None]).cpu(), y[seen.cpu()])
+    hits, loss, n = run.stats.tolist()
+    out |= {"top1_mean": mean["top1"], "chunk_top1": hits / max(n, 1), "val_loss": loss / max(n, 1),
+            "clips": int(n), "eval_seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    if keep_chunks:
+        per_video: dict[int, list[dict[str, Any]]] = {}
+        for video, chunk, pred, prob in sorted(run.per_chunk):
+            per_video.setdefault(video, []).append({"chunk": chunk, "pred": pred, "prob": round(prob, 4)})
+        out["per_video"] = per_video
+    return out
 
 
 def video_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
@@ -95,16 +124,53 @@ def training_ids(ckpt: dict[str, Any], store: FeatureStore) -> set[str]:
     return set(split_ids(store, data["val_fraction"])[0])
 
 
+EVAL_SPLITS = ("heldout", "all", "train", "val", "test")  # what `twostage eval --split` scores
+
+
+def store_splits(store: FeatureStore) -> dict[str, list[str]]:
+    """Labelled ids by the split their source list gave them (``train``/``val``/``test``, kept in each
+    video's meta by stage one); ``{}`` when no video has one."""
+    out: dict[str, list[str]] = {}
+    for rec in store.videos:
+        if rec.label >= 0 and rec.meta.get("split"):
+            out.setdefault(rec.meta["split"], []).append(rec.id)
+    return out
+
+
+def named_split(store: FeatureStore, split: str, key: str = "--split") -> list[str]:
+    """Labelled ids of one source-list split; refuses a store without splits or without that split."""
+    ids = store_splits(store).get(split)
+    if ids:
+        return ids
+    if not any(rec.meta.get("split") for rec in store.videos):
+        raise StoreError(
+            f"{key} {split}: no video of {store.path} has a split (its source list had no 'split' column of "
+            "train/val/test); extract from a list that has one (`twostage sources` writes it), or score "
+            "--split heldout"
+        )
+    have = Counter(f"{rec.meta.get('split') or 'none'}{'' if rec.label >= 0 else ' (unlabelled)'}"
+                   for rec in store.videos)  # fmt: skip
+    raise StoreError(
+        f"{key} {split}: {store.path} has no labelled {split!r} videos; it has {dict(sorted(have.items()))}; "
+        "pick a split it has"
+    )
+
+
 def select_eval_ids(ckpt: dict[str, Any], store: FeatureStore, split: str) -> tuple[list[str], int, str]:
     """The labelled ids to score, how many of them trained the checkpoint, and a description of the split.
 
     ``split="heldout"`` keeps only videos the checkpoint did not train on (and refuses when none are left);
-    ``"all"`` keeps every labelled video.
+    ``"all"`` keeps every labelled video; ``"train"``/``"val"``/``"test"`` the videos of that source-list
+    split (refused when the store has no such split).
     """
-    if split not in ("heldout", "all"):
-        raise ConfigError(f"split={split!r}; expected 'heldout' or 'all'")
-    labelled = split_ids(store, 0.0)[0]
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"split={split!r}; expected one of {', '.join(EVAL_SPLITS)}")
     trained = training_ids(ckpt, store)
+    if split not in ("heldout", "all"):
+        ids = named_split(store, split)
+        seen = [v for v in ids if v in trained]
+        return ids, len(seen), f"the {split!r} split ({len(ids)} labelled videos; {len(seen)} trained on)"
+    labelled = split_ids(store, 0.0)[0]
     seen = [v for v in labelled if v in trained]
     if split == "all":
         return labelled, len(seen), f"all {len(labelled)} labelled videos ({len(seen)} used in training)"
@@ -143,16 +209,25 @@ def evaluate_checkpoint(
     head = head_from_checkpoint(ckpt, store, key=f"checkpoint {checkpoint}")
     ids, seen, description = select_eval_ids(ckpt, store, split)
     data = ckpt["config"]["data"]
+    run = ckpt["config"]["run"]
+    dev, bf16 = pick_device(device), bool(run["bf16"]) and not run.get("fp16", False)  # fp16 runs: fp32 eval
+    num_classes = ckpt["head"]["num_classes"]
+    if getattr(head, "recurrent", False):  # memory heads: every video online, chunk by chunk
+        stream = online_loader(store, ids, frames=data["frames"], stride=data["stride"], tensors=head.inputs,
+                               streams=batch_size, stream_by=data.get("stream_by", "video"), workers=workers,
+                               integrity=integrity, pin_memory=dev.type == "cuda")  # fmt: skip
+        metrics = evaluate_online(head.to(dev), stream.batches(), stream.dataset.labels, num_classes,
+                                  device=dev, bf16=bf16, keep_chunks=True)  # fmt: skip
+        metrics["per_video"] = {ids[v]: chunks for v, chunks in metrics["per_video"].items()}
+        return {"checkpoint": str(checkpoint), "store": store.path, "head": ckpt["head"]["name"],
+                "epoch": ckpt["epoch"], "split": split, "split_description": description,
+                "training_videos": seen, "classes": list(store.classes), **metrics}  # fmt: skip
     dataset = ClipDataset(store, ids, data["frames"], data["stride"], "eval", head.inputs,
                           eval_clips=clips or data["eval_clips"], short_videos=data["short_videos"],
                           integrity=integrity)  # fmt: skip
-    dev = pick_device(device)
     loader = EpochLoader(dataset, batch_size=batch_size, shuffle=False, workers=workers,
                          pin_memory=dev.type == "cuda")  # fmt: skip
-    bf16 = bool(ckpt["config"]["run"]["bf16"])
-    metrics = evaluate(
-        head.to(dev), loader.batches(), dataset.labels, ckpt["head"]["num_classes"], device=dev, bf16=bf16
-    )
+    metrics = evaluate(head.to(dev), loader.batches(), dataset.labels, num_classes, device=dev, bf16=bf16)
     return {"checkpoint": str(checkpoint), "store": store.path, "head": ckpt["head"]["name"],
             "epoch": ckpt["epoch"], "split": split, "split_description": description,
             "training_videos": seen, **metrics}  # fmt: skip

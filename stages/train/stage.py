@@ -11,6 +11,7 @@ Everything that can be refused is refused before the first step. Multi-GPU:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from stages.core.errors import StoreError
 from stages.train import checks
 from stages.train.config import TrainConfig
 from stages.train.data import ClipDataset, EpochLoader, split_ids
-from stages.train.evaluate import evaluate
+from stages.train.evaluate import evaluate, named_split, store_splits
 from stages.train.heads import Head, check_options, features_of, head_from_description
 from stages.train.loop import (
     LoopSettings,
@@ -33,6 +34,7 @@ from stages.train.loop import (
     param_groups,
     seed_everything,
 )
+from stages.train.recurrent import train_recurrent
 from stages.train.runtime import Dist, setup_distributed
 from stages.train.steps import classify_step
 from store import FeatureStore
@@ -50,18 +52,48 @@ class Prepared:
 
 
 def select_videos(cfg: TrainConfig, store: FeatureStore) -> tuple[list[str], FeatureStore | None, list[str]]:
-    """Training ids, the validation store (may be ``store`` itself, or None) and its ids."""
+    """Training ids, the validation store (may be ``store`` itself, or None) and its ids.
+
+    When the store's videos carry their source list's ``split``: train on ``train``, validate on ``val``
+    (or, without ``val`` videos, on ``data.val_fraction`` of ``train``); ``test`` is left for ``twostage
+    eval --split test``. Without splits: ``data.val_fraction`` of the labelled videos is held out.
+    ``data.val_store``: validate on every labelled video of that store.
+    """
+    splits = store_splits(store)
     if cfg.data.val_store:
         val_store = checks.open_store(
             cfg.data.val_store, allow_incomplete=cfg.run.allow_incomplete, key="data.val_store"
         )
-        return split_ids(store, 0.0)[0], val_store, split_ids(val_store, 0.0)[0]
+        train_ids = named_split(store, "train", key="data.store") if splits else split_ids(store, 0.0)[0]
+        return train_ids, val_store, split_ids(val_store, 0.0)[0]
+    if splits:
+        return _split_videos(cfg, store, splits)
     train_ids, val_ids = split_ids(store, cfg.data.val_fraction)
     if not train_ids:
         raise StoreError(
             f"data.val_fraction={cfg.data.val_fraction} leaves no training video of the "
             f"{len(val_ids)} labelled videos in {store.path}; lower it"
         )
+    return train_ids, (store if val_ids else None), val_ids
+
+
+def _split_videos(
+    cfg: TrainConfig, store: FeatureStore, splits: dict[str, list[str]]
+) -> tuple[list[str], FeatureStore | None, list[str]]:
+    """Training and validation ids of a store whose videos carry source-list splits."""
+    unsplit = len(split_ids(store, 0.0)[0]) - sum(len(ids) for ids in splits.values())
+    if unsplit:
+        warnings.warn(f"{unsplit} labelled videos of {store.path} have no split (train/val/test) while the "
+                      "others do: they are left out of training and validation", stacklevel=3)  # fmt: skip
+    train = named_split(store, "train", key="data.store")
+    if splits.get("val"):
+        return train, store, splits["val"]
+    kept, held = split_ids(store, cfg.data.val_fraction)  # the same id hash, within the train split
+    members = set(train)
+    train_ids, val_ids = [v for v in kept if v in members], [v for v in held if v in members]
+    if not train_ids:
+        raise StoreError(f"data.val_fraction={cfg.data.val_fraction} leaves none of the {len(train)} 'train' "
+                         f"videos of {store.path} to train on (it has no 'val' split); lower it")  # fmt: skip
     return train_ids, (store if val_ids else None), val_ids
 
 
@@ -121,11 +153,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if cfg.head.init_from:
         key = f"head.init_from={cfg.head.init_from}"
         ckpt = checks.load_checkpoint(cfg.head.init_from, key="head.init_from")
-        checks.check_checkpoint(ckpt, head=cfg.head.name, store=store, key=key)
-        meta["init_from"] = {
-            "path": cfg.head.init_from,
-            "report": checks.load_weights(head, ckpt["model"], key=key),
-        }
+        state = checks.init_state(ckpt, head=cfg.head.name, store=store, key=key, path=cfg.head.init_from)
+        meta["init_from"] = {"path": cfg.head.init_from, "report": checks.load_weights(head, state, key=key)}
     resume, last = None, Path(cfg.run.out) / "last.pt"
     if cfg.run.resume and last.exists():
         resume = checks.load_checkpoint(last, key="run.resume")
@@ -154,6 +183,8 @@ def train_head(
     p: Prepared, cfg: TrainConfig, dist: Dist, device: torch.device, stop_after: int | None
 ) -> dict[str, Any]:
     """The config unpacked into the loop's plain parts: loaders, AdamW groups, schedule, step, evaluation."""
+    if getattr(p.head, "recurrent", False):  # memory heads: stream-ordered chunks (stages/train/recurrent.py)
+        return train_recurrent(p, cfg, dist, device, stop_after)
     d, o, r = cfg.data, cfg.optim, cfg.run
     seed_everything(r.seed + dist.rank)  # dropout differs per process; the init was seeded before
     head = p.head.to(device)
@@ -173,11 +204,13 @@ def train_head(
         labels, num_classes = p.val_set.labels, p.meta["head"]["num_classes"]
 
         def evaluate_fn(model: torch.nn.Module) -> dict[str, Any]:
-            return evaluate(model, val.batches(), labels, num_classes, device=device, bf16=r.bf16, dist=dist)
+            bf16 = r.bf16 and not r.fp16  # fp16 runs evaluate in fp32
+            return evaluate(model, val.batches(), labels, num_classes, device=device, bf16=bf16, dist=dist)
 
     settings = LoopSettings(out=r.out, epochs=o.epochs, accum_steps=o.accum_steps, clip_grad=o.clip_grad,
-                            bf16=r.bf16, eval_every=r.eval_every, log_every=r.log_every, plots=r.plots,
-                            checkpoint_every=r.checkpoint_every)  # fmt: skip
+                            bf16=r.bf16, fp16=r.fp16, eval_every=r.eval_every, log_every=r.log_every,
+                            plots=r.plots, tensorboard=r.tensorboard,
+                            checkpoint_every=r.checkpoint_every, progress=r.progress)  # fmt: skip
     step = classify_step(device, label_smoothing=o.label_smoothing)
     return fit(head, data=data, optimizer=optimizer, schedule=schedule, step_fn=step, evaluate=evaluate_fn,
                settings=settings, meta=p.meta, dist=dist, device=device, resume=p.resume,

@@ -29,7 +29,7 @@ from stages.core.registry import Registry
 HEADS = Registry("head", list_flag="--list-heads")
 CONTRACT = ("tensors", "backbone", "num_classes", "num_frames", "frozen")  # keywords every builder takes
 
-from stages.train.heads import evl, linear, vivit_fe  # noqa: E402,F401  (register the builders)
+from stages.train.heads import evl, linear, memvit, vivit_fe  # noqa: E402,F401  (register the builders)
 from stages.train.heads.blocks import Head  # noqa: E402
 
 

@@ -22,6 +22,8 @@ class Head(nn.Module, abc.ABC):
     """A stage-two head: reads ``inputs`` from a feature dict, returns logits ``[B, num_classes]``."""
 
     inputs: list[str]
+    variable_frames: bool = False  # takes clips of other lengths than built for (the e2e path checks)
+    variable_grid: bool = False  # takes token tensors of other patch grids (multigrid's smaller crops)
 
     @abc.abstractmethod
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from stages.core.errors import ConfigError, StoreMismatchError
+from stages.models.posemb import resize_rows
 from stages.models.qk import FrozenQK
 from stages.train.heads import HEADS
 from stages.train.heads.blocks import Attention, Head, Mlp, pick_heads
@@ -92,8 +93,9 @@ class TemporalModules(nn.Module):
             y = x.permute(0, 2, 3, 1).reshape(B * L, d, T)  # [B*L, d, T]
             y = self.conv(y).view(B, L, d, T).permute(0, 3, 1, 2)  # [B, T, L, d]
             x = x + y
-        if self.pos is not None:
-            x = x + self.pos.view(T, 1, d)  # [B, T, L, d]
+        if self.pos is not None:  # other clip lengths (multigrid): the table resized in 1-D
+            pos = self.pos if T == self.pos.shape[0] else resize_rows(self.pos, T)  # [T, d]
+            x = x + pos.view(T, 1, d)  # [B, T, L, d]
         if self.cross is not None:
             x = self.cross(x, q, k)  # [B, T, L, d]
         return x
@@ -116,7 +118,11 @@ class DecoderLayer(nn.Module):
 
 
 class EVLHead(Head):
-    """EVL decoder; build it with :func:`build_evl`."""
+    """EVL decoder; build it with :func:`build_evl`. Clips of another length than ``num_frames`` use the
+    temporal position table resized in 1-D; other patch grids only without cross-frame attention (its
+    relative-offset tables are built for one grid)."""
+
+    variable_frames = True
 
     def __init__(
         self, *, layers: list[int], qk_plan: list[tuple[str, ...] | None], frozen_qk: dict[str, FrozenQK],
@@ -125,6 +131,7 @@ class EVLHead(Head):
     ) -> None:  # fmt: skip
         super().__init__()
         self.layers, self.num_frames, self.qk_plan = layers, num_frames, qk_plan
+        self.variable_grid = not cross_frame
         self.token_names = [f"b{layer}.tokens" for layer in layers]
         kinds = {plan[0] for plan in qk_plan if plan is not None}
         self.qk_source = None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
@@ -155,11 +162,6 @@ class EVLHead(Head):
     def memory_tokens(self, feats: dict[str, torch.Tensor], i: int) -> torch.Tensor:
         """Decoder layer ``i``'s keys/values ``[B, T, L, d]``: block tokens after the temporal modules."""
         tokens = feats[self.token_names[i]]  # [B, T, L, d]
-        if self.temporal[i].pos is not None and tokens.shape[1] != self.num_frames:
-            raise ValueError(
-                f"evl head was built for {self.num_frames} frames but {self.token_names[i]} has "
-                f"{tokens.shape[1]}; build the head with num_frames={tokens.shape[1]} (or temporal_pos=false)"
-            )
         return self.temporal[i](tokens, *self.qk(feats, i))
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -20,6 +20,9 @@ from stages.train.heads.blocks import FeatureNorm, Head, resolve_cls_feature, ta
 class LinearHead(Head):
     """Mean over frames of one CLS vector, then a linear classifier."""
 
+    variable_frames = True  # a mean over any number of frames
+    variable_grid = True  # token 0 (the CLS) of any grid
+
     def __init__(
         self, feature: str, dim: int, num_classes: int, dropout: float, input_norm: bool = False
     ) -> None:

@@ -85,7 +85,11 @@ class QueryAdapter(nn.Module):
 
 
 class ViViTFEHead(Head):
-    """Adapter, then a ViViT-FE temporal transformer read out at its CLS token."""
+    """Adapter, then a ViViT-FE temporal transformer read out at its CLS token. Clips of another length
+    than ``num_frames`` use the temporal position embedding resized in 1-D (as :meth:`load_from` does)."""
+
+    variable_frames = True
+    variable_grid = True  # reads per-frame CLS vectors; adapter B attends over any number of patches
 
     def __init__(
         self, *, feature: str, feat_dim: int, adapter: nn.Module, num_classes: int, num_frames: int,
@@ -110,14 +114,11 @@ class ViViTFEHead(Head):
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         x = take_cls(feats, self.feature)  # [B, T, e]
         B, T, _ = x.shape
-        if T != self.num_frames:
-            raise ValueError(
-                f"vivit_fe head was built for {self.num_frames} frames but got {T}; build it for {T} frames "
-                "and initialise it with head.load_from(state_dict) (interpolates the position embedding)"
-            )
+        pos = self.pos_embed  # [1, 1+T0, dim]; other clip lengths (multigrid): resized, gradients flow
+        pos = pos if T == self.num_frames else interpolate_temporal_pos(pos, T)  # [1, 1+T, dim]
         x = self.proj(self.adapter(self.input_norm(x), feats))  # [B, T, dim]
         cls = self.cls_token.expand(B, 1, -1)  # [B, 1, dim]
-        x = torch.cat([cls, x.to(cls.dtype)], dim=1) + self.pos_embed  # [B, 1+T, dim]
+        x = torch.cat([cls, x.to(cls.dtype)], dim=1) + pos  # [B, 1+T, dim]
         for block in self.blocks:
             x = block(x)
         x = self.norm(x[:, 0])  # [B, dim]

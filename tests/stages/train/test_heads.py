@@ -81,6 +81,15 @@ def randomise(module: torch.nn.Module | torch.nn.Parameter, seed: int = 1, scale
         p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
+def contract_logits(head, feats):
+    """``head(feats)``; a recurrent head (memvit) runs the clip as the second chunk of a stream instead, so
+    its memory path (compressor, memory positions) is in the graph too."""
+    if not getattr(head, "recurrent", False):
+        return head(feats)
+    _, memory = head(feats, memory=head.init_memory(B), reset=torch.ones(B, dtype=torch.bool))
+    return head(feats, memory=memory, reset=torch.zeros(B, dtype=torch.bool))[0]
+
+
 # ----------------------------------------------------------------------------------------- contract
 
 ALL_HEADS = HEADS.names()
@@ -124,7 +133,7 @@ def test_contract_gradients_reach_every_parameter(name, feats, frozen):
     labels = torch.arange(B) % C
     for step in range(3):  # zero-initialised layers pass gradients on one step later each
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(feats), labels).backward()
+        torch.nn.functional.cross_entropy(contract_logits(head, feats), labels).backward()
         if step == 0:
             assert [n for n, p in params.items() if p.grad is None] == []
         opt.step()
@@ -138,9 +147,9 @@ def test_contract_bf16_autocast(name, feats, frozen):
     head = build(name, feats, frozen).eval()
     randomise(head)
     with torch.no_grad():
-        ref = head(feats)
+        ref = contract_logits(head, feats)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = head(feats)
+            out = contract_logits(head, feats)
     assert out.shape == (B, C) and out.is_floating_point() and torch.isfinite(out).all()
     assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-2
 
@@ -279,9 +288,18 @@ def test_vivit_load_from_refuses_another_architecture(feats):
     assert shallow.load_from(deep.state_dict(), strict=False)["unexpected"]
 
 
-def test_vivit_wrong_frame_count_says_how_to_fix(frozen, feats):
-    with pytest.raises(ValueError, match="built for 8 frames but got 32.*load_from"):
-        build("vivit_fe", feats)(make_feats(frozen, 32))
+def test_vivit_takes_other_clip_lengths_with_its_position_embedding_resized(frozen, feats):
+    """Multigrid's long cycle feeds 2- and 4-frame clips to a head built for 8: the temporal position
+    embedding is resized as load_from does, and the gradient reaches the 8-row table."""
+    torch.manual_seed(0)
+    head = build("vivit_fe", feats, depth=1).eval()
+    randomise(head)
+    short = make_feats(frozen, 4)
+    resized = build("vivit_fe", short, num_frames=4, depth=1).eval()
+    resized.load_from(head.state_dict())  # the same head built for 4 frames
+    assert head.variable_frames and torch.allclose(head(short), resized(short), atol=1e-6)
+    head(short).sum().backward()
+    assert head.pos_embed.grad is not None and head.pos_embed.grad[:, 1:].abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------------------- evl
@@ -371,9 +389,22 @@ def test_evl_without_cross_frame_needs_no_qk(feats):
     assert head(tokens_only).shape == (B, C)
 
 
-def test_evl_wrong_frame_count_says_how_to_fix(feats, frozen):
-    with pytest.raises(ValueError, match="built for 8 frames but b0.tokens has 32.*num_frames=32"):
-        build("evl", feats, frozen)(make_feats(frozen, 32))
+def test_evl_takes_other_clip_lengths_and_says_which_grids_it_takes(feats, frozen):
+    torch.manual_seed(0)
+    head = build("evl", feats, frozen).eval()
+    randomise(head)
+    short = make_feats(frozen, 4)
+    out = head(short)  # the temporal position tables resized from 8 rows to 4 (ends kept)
+    assert out.shape == (B, C) and torch.isfinite(out).all()
+    same = build("evl", short, frozen, num_frames=4).eval()
+    state = head.state_dict()
+    from stages.models.posemb import resize_rows
+
+    state = {k: resize_rows(v, 4) if k.endswith(".pos") else v for k, v in state.items()}
+    same.load_state_dict(state)
+    assert torch.allclose(out, same(short), atol=1e-5)
+    assert head.variable_frames and not head.variable_grid  # cross-frame tables fit one patch grid
+    assert build("evl", feats, frozen, cross_frame=False).variable_grid
 
 
 def test_input_norm_standardises_and_survives_a_batch_of_one() -> None:
