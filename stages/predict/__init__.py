@@ -1,0 +1,1 @@
+"""Predictions from a trained checkpoint on new videos or a store (``twostage predict``)."""
