@@ -22,6 +22,14 @@ def schema_for(path: Path) -> type:
         from stages.train.config import TrainConfig
 
         return TrainConfig
+    if folder == "e2e":
+        from stages.e2e.config import E2EConfig
+
+        return E2EConfig
+    if folder == "bench":
+        from stages.bench.config import BenchConfig
+
+        return BenchConfig
     from pipeline.run import PipelineConfig
 
     return PipelineConfig
@@ -37,6 +45,10 @@ def test_config_validates(path: Path) -> None:
     assert text.lstrip().startswith("#"), f"{path} should open with a comment giving its run command"
     cfg = load_config(schema_for(path), path)
     assert cfg is not None
+    if path.parent.name == "bench":  # every job a bench would run validates too
+        from stages.bench.runner import check
+
+        check(cfg)
 
 
 def test_pipeline_plan_validates_every_stage(tmp_path: Path) -> None:
