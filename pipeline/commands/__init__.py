@@ -7,6 +7,7 @@ library function and prints what the user needs. Stages and store never import t
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipeline.commands.synth", "write a labelled synthetic video data set"),
+    "plan": ("pipeline.commands.plan", "before extracting: store size, read + compute time, cheapest option"),
     "extract": ("pipeline.commands.extract", "stage one: a frozen backbone over videos into a feature store"),
     "train": ("pipeline.commands.train", "stage two: train a temporal head from a feature store"),
     "e2e": ("pipeline.commands.e2e", "end to end: a backbone and a head from decoded videos, with multigrid"),
