@@ -66,8 +66,7 @@ def estimate(w: Workload, p: Probes, *, tokens_needed: bool = True) -> Plan:
     """Every option's cost for ``w`` at the speeds ``p``; the cheapest option that can train the head
     (``tokens_needed``: the head reads patch tokens, so a CLS-only store cannot serve it)."""
     frames = w.videos * w.frames_per_video
-    make = frames / p.model_frames_per_s + frames / p.decode_frames_per_s  # decode and model overlap less
-    # on a shared CPU than on a GPU: their sum is the conservative figure
+    make = frames / min(p.model_frames_per_s, p.decode_frames_per_s)  # decode workers and the model overlap
     plan = Plan(w, p)
     for name, per_frame in w.bytes_per_frame.items():
         total = frames * per_frame
@@ -77,7 +76,7 @@ def estimate(w: Workload, p: Probes, *, tokens_needed: bool = True) -> Plan:
         plan.options.append(
             Option(name, total / 1e9, make + write, epoch, make + write + w.epochs * epoch, note)
         )
-    fly = w.videos * w.clip_frames * (1 / p.model_frames_per_s + 1 / p.decode_frames_per_s)
+    fly = w.videos * w.clip_frames / min(p.model_frames_per_s, p.decode_frames_per_s)
     plan.options.append(
         Option("train on the fly", 0.0, 0.0, fly, w.epochs * fly, "decode + backbone each epoch")
     )
