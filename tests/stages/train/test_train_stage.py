@@ -298,7 +298,7 @@ def test_shipped_configs_load_and_say_how_to_run_them(path):
     text = path.read_text()
     assert text.startswith("#") and "python -m stages.train configs/train/" + path.name in text
     cfg = load_config(TrainConfig, path, [])
-    assert cfg.head.name in ("linear", "vivit_fe", "evl")
+    assert cfg.head.name in ("linear", "vivit_fe", "evl", "memvit")
 
 
 def test_shipped_configs_exist():
@@ -306,6 +306,7 @@ def test_shipped_configs_exist():
         "linear.yaml",
         "vivit_fe.yaml",
         "evl.yaml",
+        "memvit.yaml",
     }
 
 
