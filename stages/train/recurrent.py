@@ -57,7 +57,12 @@ def train_recurrent(
 
         def evaluate_fn(model: torch.nn.Module) -> dict[str, Any]:
             return evaluate_online(
-                model, val.batches(), labels, num_classes, device=device, bf16=r.bf16 and not r.fp16,
+                model,
+                val.batches(),
+                labels,
+                num_classes,
+                device=device,
+                bf16=r.bf16 and not r.fp16,
                 dist=dist,
             )
 
