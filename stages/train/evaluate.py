@@ -28,6 +28,7 @@ from stages.core.errors import ConfigError, StoreError
 from stages.train import checks
 from stages.train.data import ClipDataset, EpochLoader, split_ids
 from stages.train.heads import Head, features_of, head_from_description
+from stages.train.metrics import video_metrics
 from stages.train.online import online_loader, run_online
 from stages.train.runtime import Dist, autocast, pick_device, to_device
 from store import FeatureStore
@@ -88,20 +89,6 @@ def evaluate_online(
             per_video.setdefault(video, []).append({"chunk": chunk, "pred": pred, "prob": round(prob, 4)})
         out["per_video"] = per_video
     return out
-
-
-def video_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """top-1, top-5 (when C >= 5) and mean class accuracy from averaged probabilities ``[N, C]``."""
-    N, C = probs.shape
-    if N == 0:
-        return {"top1": None, "top5": None, "mean_class_acc": None, "videos": 0}
-    hit = probs.argmax(dim=1) == labels  # [N]
-    top5 = None
-    if C >= 5:
-        top5 = (probs.topk(5, dim=1).indices == labels[:, None]).any(dim=1).double().mean().item()
-    per_class = [hit[labels == c].double().mean().item() for c in range(C) if (labels == c).any()]
-    return {"top1": hit.double().mean().item(), "top5": top5, "mean_class_acc": float(np.mean(per_class)),
-            "videos": N}  # fmt: skip
 
 
 def head_from_checkpoint(ckpt: dict[str, Any], store: FeatureStore, key: str) -> Head:

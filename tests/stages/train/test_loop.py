@@ -18,9 +18,10 @@ from stages.core.config import from_dict, to_dict
 from stages.core.errors import ConfigError
 from stages.train.config import TrainConfig
 from stages.train.data import ClipDataset, EpochLoader, split_ids
-from stages.train.evaluate import evaluate, video_metrics
+from stages.train.evaluate import evaluate
 from stages.train.heads import Head
 from stages.train.loop import lr_at
+from stages.train.metrics import video_metrics
 from stages.train.stage import run_train
 from store import FeatureStore
 from tests.stages.train.conftest import make_cfg, read_jsonl
