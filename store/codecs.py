@@ -110,20 +110,24 @@ def column_crc(key: str, array: np.ndarray) -> str:
 
 
 def video_digest(header: dict[str, Any], columns: dict[str, str]) -> str:
-    """The whole-video checksum: the record's identity (id, label, row pointers) and every column's CRC,
-    so an edited label or a moved row pointer fails it as a flipped byte does."""
+    """The whole-video checksum: the record's identity (id, label, targets, row pointers) and every
+    column's CRC, so an edited label or a moved row pointer fails it as a flipped byte does."""
     text = json.dumps(header, sort_keys=True, separators=(",", ":"))
     text += "".join(f"|{key}={columns[key]}" for key in sorted(columns))
     return f"{zlib.crc32(text.encode()):08x}"
 
 
 def record_header(record: dict[str, Any]) -> dict[str, Any]:
-    """What :func:`video_digest` covers of a commit record besides the data."""
-    return {
+    """What :func:`video_digest` covers of a commit record besides the data: its id, label, row
+    pointers and, when it has any, the targets beyond the label (``meta["targets"]``; a record without
+    them keeps the digest stores written before targets existed have)."""
+    header = {
         "id": record["id"],
         "label": record["label"],
         "views": [[int(v["view"]), int(v["row_start"]), int(v["n_rows"])] for v in record["views"]],
     }
+    targets = (record.get("meta") or {}).get("targets")
+    return header | ({"targets": targets} if targets else {})
 
 
 def compressors(compression: str, itemsize: int, level: int | None = None, crc: bool = False) -> list[Any]:

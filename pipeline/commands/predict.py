@@ -36,21 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_rows(rows: list[dict[str, Any]], out: str) -> None:
-    """``.jsonl``: one object per video; ``.csv``: id, source, class_1, prob_1, ... class_k, prob_k."""
+    """``.jsonl``: one object per video; ``.csv``: id, source, class_1, prob_1, ... class_k, prob_k (a head
+    of several targets: the first target's, then ``<target>_class_1``, ``<target>_prob_1``... for the
+    others)."""
     if out.endswith(".jsonl"):
         with open(out, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         return
     k = max((len(r["top"]) for r in rows), default=0)
+    others = list(rows[0].get("targets", {}))[1:] if rows else []
+    ks = {name: max(len(r["targets"][name]) for r in rows) for name in others}
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
         places = ["start", "end"] if rows and "start" in rows[0] else []
         w.writerow(
             ["id", "source", *places, *[c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")]]
+            + [c for n in others for i in range(1, ks[n] + 1) for c in (f"{n}_class_{i}", f"{n}_prob_{i}")]
         )
         for r in rows:
             w.writerow(
                 [r["id"], r["source"], *[r[p] for p in places], *[x for pair in r["top"] for x in pair]]
+                + [x for n in others for pair in r["targets"][n] for x in pair]
             )
 
 
@@ -72,5 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for r in result["predictions"]:
             where = f" [{r['start']:.1f}s-{r['end']:.1f}s]" if "start" in r else ""
-            print(r["id"] + where, "  ".join(f"{c} {p:.4f}" for c, p in r["top"]))
+            tops = r.get("targets") or {"": r["top"]}
+            text = " | ".join(f"{n + ': ' if n else ''}" + "  ".join(f"{c} {p:.4f}" for c, p in top)
+                              for n, top in tops.items())  # fmt: skip
+            print(r["id"] + where, text)
     return 0

@@ -31,6 +31,7 @@ from stages.train import checks
 from stages.train.data import ClipDataset, EpochLoader
 from stages.train.evaluate import head_from_checkpoint
 from stages.train.runtime import autocast, pick_device, to_device
+from stages.train.targets import Targets
 from stages.video import decode
 from store import FeatureStore
 
@@ -130,7 +131,9 @@ def windows(path: str, window: float, hop: float, decoder: str) -> list[tuple[st
 
 @torch.no_grad()
 def score_store(head: Any, store: FeatureStore, ckpt: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
-    """Per video id: the softmax averaged over every stored view and eval clip (as ``twostage eval``)."""
+    """Per video id: the softmax averaged over every stored view and eval clip (as ``twostage eval``);
+    a head of several targets: each target's softmax (or sigmoid, multi-label) side by side."""
+    targets = Targets.from_description(ckpt["head"]["targets"]) if ckpt["head"].get("targets") else None
     data, run = ckpt["config"]["data"], ckpt["config"]["run"]
     ids = [v.id for v in store.videos]
     dataset = ClipDataset(store, ids, data["frames"], data["stride"], "eval", head.inputs,
@@ -142,7 +145,8 @@ def score_store(head: Any, store: FeatureStore, ckpt: dict[str, Any], device: st
     for batch in EpochLoader(dataset, batch_size=32, shuffle=False, workers=0).batches():
         feats, _ = to_device(batch, dev)
         with autocast(dev, bf16):
-            p = head(feats).float().softmax(dim=1).double().cpu()  # [B, C]
+            logits = head(feats).float()  # [B, C]
+            p = (targets.probabilities(logits) if targets else logits.softmax(dim=1)).double().cpu()
         probs.index_add_(0, batch["video"], p)
         counts.index_add_(0, batch["video"], torch.ones(len(p), dtype=torch.float64))
     return {ids[i]: probs[i] / counts[i] for i in range(len(ids)) if counts[i] > 0}
@@ -179,6 +183,11 @@ def predict(
     return result
 
 
+def _top(p: torch.Tensor, classes: list[str], k: int) -> list[list[Any]]:
+    top = p.topk(min(k, len(classes)))
+    return [[classes[i], round(v, 6)] for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
+
+
 def _result(ckpt: dict[str, Any], checkpoint: str, store: FeatureStore, device: str, topk: int,
             classes: list[str], failures: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     head = head_from_checkpoint(ckpt, store, key=f"checkpoint {checkpoint}")  # refuses other weights
@@ -186,14 +195,17 @@ def _result(ckpt: dict[str, Any], checkpoint: str, store: FeatureStore, device: 
         raise CheckpointError(f"CHECKPOINT {checkpoint}: {MEMORY_HEADS}")
     probs = score_store(head, store, ckpt, device)
     sources = {v.id: v.source for v in store.videos}
-    k = min(topk, len(classes))
+    described = ckpt["head"].get("targets")
+    slices: list[tuple[str | None, list[str], int]] = [(None, classes, 0)]
+    if described:
+        slices = [(t.name, list(t.classes), t.start) for t in Targets.from_description(described).items]
     rows = []
     for vid, p in sorted(probs.items()):
-        top = p.topk(k)
-        pairs = zip(top.indices.tolist(), top.values.tolist(), strict=True)
-        rows.append(
-            {"id": vid, "source": sources.get(vid), "top": [[classes[i], round(v, 6)] for i, v in pairs]}
-        )
+        tops = {name: _top(p[start : start + len(names)], names, topk) for name, names, start in slices}
+        row: dict[str, Any] = {"id": vid, "source": sources.get(vid), "top": next(iter(tops.values()))}
+        if described:  # the first target leads ("top"); every target's top-k (sigmoid for multi-label)
+            row["targets"] = tops
+        rows.append(row)
     failures = [
         {"id": f["id"], "path": f["path"], "error": str(f["error"]).splitlines()[0]} for f in failures
     ]

@@ -25,6 +25,9 @@ class DataConfig:
     short_videos: Literal["refuse", "pad"] = "refuse"  # a view shorter than a clip: refuse, or pad it
     integrity: Literal["check", "skip", "off"] = "check"  # checksum each video on first read: stop / skip it
     stream_by: Literal["video", "source"] = "video"  # memory heads: reset per video, or per source (segments)
+    # what the head predicts: [] = the store's label; [verb, noun] = one classifier per target the videos
+    # carry (source columns label:<name>), [labels] = multi-label (sigmoid, mAP); `label` = the label itself
+    targets: list[str] = field(default_factory=list)
     batch_size: int = 32  # clips per step and process; small heads train well at 32-64
     eval_batch_size: int | None = None  # None = 2 x batch_size (no gradients kept at eval)
     workers: int = 2  # loader processes per training process; store reads overlap the step
@@ -39,6 +42,8 @@ class DataConfig:
         for name in ("frames", "stride", "eval_clips", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.targets, list) or not all(isinstance(t, str) and t for t in self.targets):
+            raise ValueError(f"targets must be a list of names like [verb, noun], got {self.targets!r}")
         if self.workers < 0 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise ValueError(
                 f"need workers >= 0 and eval_batch_size >= 1, got {self.workers}, {self.eval_batch_size}"

@@ -116,6 +116,8 @@ class ClipDataset(Dataset):
         short_videos: ``refuse`` (:class:`StoreMismatchError` now) or ``pad`` a view shorter than a clip.
         integrity: ``check`` each (video, view) against its checksums the first time it is read and stop
             on damage, ``skip`` damaged videos with a warning, or ``off``.
+        labels: per video, what a batch's ``label`` holds: default the store's label ``[N]``; the label
+            columns ``[N, W]`` of :meth:`stages.train.targets.Targets.encode` for ``data.targets``.
 
     Raises:
         StoreMismatchError: a tensor the store lacks, or a clip longer than a stored view.
@@ -136,6 +138,7 @@ class ClipDataset(Dataset):
         eval_clips: int = 1,
         short_videos: str = "refuse",
         integrity: str = "check",
+        labels: np.ndarray | None = None,
     ) -> None:
         if integrity not in INTEGRITY:
             raise ValueError(f"integrity must be one of {INTEGRITY}, got {integrity!r}")
@@ -152,7 +155,11 @@ class ClipDataset(Dataset):
         self.ids = list(split_ids)
         check_clips_fit(store, self.ids, frames, stride, short_videos)
         self.jitter, self.token_dropout, self.seed, self.views = jitter, token_dropout, seed, views
-        self.labels = np.array([store.video(v).label for v in self.ids], dtype=np.int64)
+        if labels is None:  # the store's label; data.targets: label columns [N, W] (stages/train/targets)
+            labels = np.array([store.video(v).label for v in self.ids], dtype=np.int64)
+        if len(labels) != len(self.ids):
+            raise ValueError(f"labels has {len(labels)} rows for {len(self.ids)} videos")
+        self.labels = labels
         self._keys = [zlib.crc32(v.encode()) for v in self.ids]  # stable per-video seed part
         self._kinds = {t.name: (t.kind, t.shape) for t in store.spec.tensors if t.name in self.tensors}
         self.items = self._eval_items(eval_clips) if mode == "eval" else []

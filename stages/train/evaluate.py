@@ -2,6 +2,7 @@
 
     every (video, view, clip) of the eval set --head--> softmax [C] --mean per video--> probs [N, C]
       --> top-1, top-5 (C >= 5), mean class accuracy (video level); val loss (clip level)
+    data.targets (stages/train/targets.py): softmax / sigmoid per target --> each target's metrics
 
 ``twostage eval`` rebuilds the head from the checkpoint (name, options, frames), refuses a store whose
 backbone, classes or tensors differ from the ones it was trained on, and scores only the videos the
@@ -31,15 +32,17 @@ from stages.train.heads import Head, features_of, head_from_description
 from stages.train.metrics import video_metrics
 from stages.train.online import online_loader, run_online
 from stages.train.runtime import Dist, autocast, pick_device, to_device
+from stages.train.targets import Targets
 from store import FeatureStore
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable[Any], labels: np.ndarray, num_classes: int, *, device: torch.device,
-    bf16: bool, dist: Dist | None = None,
+    bf16: bool, dist: Dist | None = None, targets: Targets | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Clip softmax averaged over every view of each video, then video metrics (summed over processes)."""
+    """Clip softmax averaged over every view of each video, then video metrics (summed over processes).
+    With ``targets`` (``data.targets``): each target's softmax or sigmoid, averaged, and its metrics."""
     dist = dist or Dist()
     model.eval()
     probs = torch.zeros(len(labels), num_classes, dtype=torch.float64, device=device)  # [N, C]
@@ -51,15 +54,20 @@ def evaluate(
         with autocast(device, bf16):
             logits = model(feats).float()  # [B, C]
         video = batch["video"].to(device)
-        probs.index_add_(0, video, logits.softmax(dim=1).double())
+        p = targets.probabilities(logits) if targets else logits.softmax(dim=1)
+        probs.index_add_(0, video, p.double())
         counts.index_add_(0, video, torch.ones_like(video, dtype=torch.float64))
-        loss += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), loss.new_tensor(len(y))])
+        clip_loss = (
+            targets.loss(logits, y) * len(y) if targets else F.cross_entropy(logits, y, reduction="sum")
+        )
+        loss += torch.stack([clip_loss.double(), loss.new_tensor(len(y))])
     if dist.active:
         for t in (probs, counts, loss):
             torch_dist.all_reduce(t)
     seen = counts > 0
     probs = (probs[seen] / counts[seen, None]).cpu()  # [N', C]
-    out = video_metrics(probs, torch.as_tensor(labels)[seen.cpu()])
+    y = torch.as_tensor(labels)[seen.cpu()]
+    out = targets.metrics(probs, y) if targets else video_metrics(probs, y)
     return out | {"val_loss": (loss[0] / loss[1].clamp(min=1)).item(), "clips": int(loss[1].item()),
                   "eval_seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
 
@@ -199,6 +207,7 @@ def evaluate_checkpoint(
     run = ckpt["config"]["run"]
     dev, bf16 = pick_device(device), bool(run["bf16"]) and not run.get("fp16", False)  # fp16 runs: fp32 eval
     num_classes = ckpt["head"]["num_classes"]
+    targets = Targets.from_description(ckpt["head"]["targets"]) if ckpt["head"].get("targets") else None
     if getattr(head, "recurrent", False):  # memory heads: every video online, chunk by chunk
         stream = online_loader(store, ids, frames=data["frames"], stride=data["stride"], tensors=head.inputs,
                                streams=batch_size, stream_by=data.get("stream_by", "video"), workers=workers,
@@ -211,10 +220,12 @@ def evaluate_checkpoint(
                 "training_videos": seen, "classes": list(store.classes), **metrics}  # fmt: skip
     dataset = ClipDataset(store, ids, data["frames"], data["stride"], "eval", head.inputs,
                           eval_clips=clips or data["eval_clips"], short_videos=data["short_videos"],
-                          integrity=integrity)  # fmt: skip
+                          integrity=integrity,
+                          labels=targets.encode(store, ids) if targets else None)  # fmt: skip
     loader = EpochLoader(dataset, batch_size=batch_size, shuffle=False, workers=workers,
                          pin_memory=dev.type == "cuda")  # fmt: skip
-    metrics = evaluate(head.to(dev), loader.batches(), dataset.labels, num_classes, device=dev, bf16=bf16)
+    metrics = evaluate(head.to(dev), loader.batches(), dataset.labels, num_classes, device=dev, bf16=bf16,
+                       targets=targets)  # fmt: skip
     return {"checkpoint": str(checkpoint), "store": store.path, "head": ckpt["head"]["name"],
             "epoch": ckpt["epoch"], "split": split, "split_description": description,
             "training_videos": seen, **metrics}  # fmt: skip

@@ -4,7 +4,8 @@ which features it needs (command line: ``twostage export-head CHECKPOINT OUT_DIR
     OUT_DIR/
       head.safetensors  "head.<param>": the trained parameters; "frozen.<name>": the frozen backbone weights
                         the head recomputes q/k with (EVL on residual streams; none for the other heads)
-      head.json         head (name, options, frames, classes, inputs), class names, the feature contract
+      head.json         head (name, options, frames, classes, inputs; with data.targets each target's
+                        classes and kind, in output order), class names, the feature contract
                         (backbone spec with its sha256 and preprocessing, each input tensor's per-frame
                         shape and, when the store was at hand, its layer/kind/pooling and the sampling),
                         the weights file's sha256, and where it came from (checkpoint, epoch, metrics)
@@ -69,7 +70,8 @@ def describe(
     return {
         "format": FORMAT,
         "version": VERSION,
-        "head": {k: head[k] for k in ("name", "options", "num_frames", "num_classes", "inputs")},
+        "head": {k: head[k] for k in ("name", "options", "num_frames", "num_classes", "inputs")}
+        | ({"targets": head["targets"]} if head.get("targets") else {}),  # data.targets: outputs side by side
         "classes": list(meta["classes"]),
         "features": {
             "tensors": {n: list(meta["tensors"][n]) for n in head["inputs"]},  # name -> per-frame shape

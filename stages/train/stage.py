@@ -20,7 +20,7 @@ import torch
 import torch.distributed as torch_dist
 
 from stages.core.config import to_dict
-from stages.core.errors import StoreError
+from stages.core.errors import ConfigError, StoreError
 from stages.train import checks
 from stages.train.config import TrainConfig
 from stages.train.data import ClipDataset, EpochLoader, split_ids
@@ -37,6 +37,7 @@ from stages.train.loop import (
 from stages.train.recurrent import train_recurrent
 from stages.train.runtime import Dist, setup_distributed
 from stages.train.steps import classify_step
+from stages.train.targets import Targets
 from store import FeatureStore
 
 
@@ -49,6 +50,7 @@ class Prepared:
     val_set: ClipDataset | None
     meta: dict[str, Any]
     resume: dict[str, Any] | None
+    targets: Targets | None = None  # data.targets; None: the store's label
 
 
 def select_videos(cfg: TrainConfig, store: FeatureStore) -> tuple[list[str], FeatureStore | None, list[str]]:
@@ -97,15 +99,16 @@ def _split_videos(
     return train_ids, (store if val_ids else None), val_ids
 
 
-def head_description(cfg: TrainConfig, num_classes: int) -> dict[str, Any]:
-    """What checkpoints record as ``head``; ``heads.head_from_description`` builds the head from it."""
+def head_description(cfg: TrainConfig, num_classes: int, targets: Targets | None = None) -> dict[str, Any]:
+    """What checkpoints record as ``head``; ``heads.head_from_description`` builds the head from it.
+    With ``data.targets`` the outputs are the targets' logits side by side, and ``targets`` says which."""
     return {"name": cfg.head.name, "options": dict(cfg.head.options), "num_frames": cfg.data.frames,
-            "num_classes": num_classes}  # fmt: skip
+            "num_classes": num_classes} | ({"targets": targets.describe()} if targets else {})  # fmt: skip
 
 
-def build(cfg: TrainConfig, store: FeatureStore, num_classes: int) -> Head:
+def build(cfg: TrainConfig, store: FeatureStore, num_classes: int, targets: Targets | None = None) -> Head:
     """The head, initialised from ``run.seed`` (the same on every DDP process)."""
-    description = head_description(cfg, num_classes)
+    description = head_description(cfg, num_classes, targets)
     check_options(cfg.head.name, cfg.head.options)  # before seeding: a bad option costs nothing
     torch.manual_seed(cfg.run.seed)
     return head_from_description(description, features_of(store))
@@ -113,29 +116,33 @@ def build(cfg: TrainConfig, store: FeatureStore, num_classes: int) -> Head:
 
 def datasets(
     cfg: TrainConfig, store: FeatureStore, train_ids: list[str], val_store: FeatureStore | None,
-    val_ids: list[str], inputs: list[str],
+    val_ids: list[str], inputs: list[str], targets: Targets | None = None,
 ) -> tuple[ClipDataset, ClipDataset | None]:  # fmt: skip
     """Training clips (views, jitter, token dropout) and evaluation clips (every view); lengths checked."""
     d = cfg.data
     train_set = ClipDataset(store, train_ids, d.frames, d.stride, "train", inputs, jitter=d.jitter,
                             token_dropout=d.token_dropout, seed=cfg.run.seed, views=d.views,
-                            short_videos=d.short_videos, integrity=d.integrity)  # fmt: skip
+                            short_videos=d.short_videos, integrity=d.integrity,
+                            labels=targets.encode(store, train_ids) if targets else None)  # fmt: skip
     if val_store is None:
         return train_set, None
     val_set = ClipDataset(val_store, val_ids, d.frames, d.stride, "eval", inputs, eval_clips=d.eval_clips,
-                          short_videos=d.short_videos, integrity=d.integrity)  # fmt: skip
+                          short_videos=d.short_videos, integrity=d.integrity,
+                          labels=targets.encode(val_store, val_ids) if targets else None)  # fmt: skip
     return train_set, val_set
 
 
 def describe(
-    cfg: TrainConfig, store: FeatureStore, head: Head, train_ids: list[str], val_ids: list[str]
-) -> dict[str, Any]:
+    cfg: TrainConfig, store: FeatureStore, head: Head, train_ids: list[str], val_ids: list[str],
+    targets: Targets | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """What every checkpoint and metrics header records: config, head, the store, and which of its videos
     trained the head (``twostage eval`` scores the others)."""
     inputs = list(head.inputs)
+    outputs = targets.num_outputs if targets else len(store.classes)
     return {
         "config": to_dict(cfg),
-        "head": head_description(cfg, len(store.classes)) | {"inputs": inputs},
+        "head": head_description(cfg, outputs, targets) | {"inputs": inputs},
         "store": checks.store_meta(store, inputs),
         "data": {"train_ids": list(train_ids), "val_ids": list(val_ids), "val_store": cfg.data.val_store},
     }
@@ -145,11 +152,18 @@ def prepare(cfg: TrainConfig) -> Prepared:
     """Open, check and build everything; raises before any training when something does not fit."""
     store = checks.open_store(cfg.data.store, allow_incomplete=cfg.run.allow_incomplete)
     train_ids, val_store, val_ids = select_videos(cfg, store)
-    head = build(cfg, store, checks.num_classes(store))
-    meta = describe(cfg, store, head, train_ids, val_ids if val_store is store else [])
+    targets = Targets.from_store(store, cfg.data.targets) if cfg.data.targets else None
+    head = build(cfg, store, targets.num_outputs if targets else checks.num_classes(store), targets)
+    if targets and getattr(head, "recurrent", False):
+        raise ConfigError(
+            f"data.targets={cfg.data.targets}: the memory head {cfg.head.name!r} trains on the store's one "
+            "label only; drop data.targets (or train a memvit head per target with data.targets left out "
+            "and the target as the extraction's label)"
+        )
+    meta = describe(cfg, store, head, train_ids, val_ids if val_store is store else [], targets)
     if val_store is not None and val_store is not store:
         checks.check_fits(val_store, meta["store"], what=f"data.store={store.path}", error=StoreError)
-    train_set, val_set = datasets(cfg, store, train_ids, val_store, val_ids, list(head.inputs))
+    train_set, val_set = datasets(cfg, store, train_ids, val_store, val_ids, list(head.inputs), targets)
     if cfg.head.init_from:
         key = f"head.init_from={cfg.head.init_from}"
         ckpt = checks.load_checkpoint(cfg.head.init_from, key="head.init_from")
@@ -159,7 +173,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if cfg.run.resume and last.exists():
         resume = checks.load_checkpoint(last, key="run.resume")
         checks.check_resume(resume, cfg, store, str(last))
-    return Prepared(head, train_set, val_set, meta, resume)
+    return Prepared(head, train_set, val_set, meta, resume, targets)
 
 
 def run_train(cfg: TrainConfig, *, stop_after: int | None = None) -> dict[str, Any]:
@@ -205,13 +219,14 @@ def train_head(
 
         def evaluate_fn(model: torch.nn.Module) -> dict[str, Any]:
             bf16 = r.bf16 and not r.fp16  # fp16 runs evaluate in fp32
-            return evaluate(model, val.batches(), labels, num_classes, device=device, bf16=bf16, dist=dist)
+            return evaluate(model, val.batches(), labels, num_classes, device=device, bf16=bf16, dist=dist,
+                            targets=p.targets)  # fmt: skip
 
     settings = LoopSettings(out=r.out, epochs=o.epochs, accum_steps=o.accum_steps, clip_grad=o.clip_grad,
                             bf16=r.bf16, fp16=r.fp16, eval_every=r.eval_every, log_every=r.log_every,
                             plots=r.plots, tensorboard=r.tensorboard,
                             checkpoint_every=r.checkpoint_every, progress=r.progress)  # fmt: skip
-    step = classify_step(device, label_smoothing=o.label_smoothing)
+    step = classify_step(device, label_smoothing=o.label_smoothing, targets=p.targets)
     return fit(head, data=data, optimizer=optimizer, schedule=schedule, step_fn=step, evaluate=evaluate_fn,
                settings=settings, meta=p.meta, dist=dist, device=device, resume=p.resume,
                stop_after=stop_after)  # fmt: skip

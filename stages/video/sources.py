@@ -7,11 +7,15 @@ Accepted specs:
 
 - ``list.csv`` / ``list.jsonl``: ``path`` (relative to the list's folder), optional ``label``, ``id``,
   ``start``, ``end`` (seconds), ``split`` (``train``/``val``/``test``: stage two trains on ``train``,
-  validates on ``val``, ``twostage eval --split test``) and ``meta`` (a JSON object kept with the video in
-  the store). A ``classes.txt`` next to the list fixes the class order. Rows that name the same file
-  several times are **segments** of it (e.g. the actions of a long video): each is its own item, with
-  ``meta["group"]`` = the file (so its decoding can be shared) and, unless the row has an ``id``, the id
-  ``<file id>__<start>-<end>`` (``P01_01__12.5-15.25``). Duplicate ids stay an error.
+  validates on ``val``, ``twostage eval --split test``), ``meta`` (a JSON object kept with the video in
+  the store) and **targets** beyond the one ``label``: columns ``label:<name>`` (one class each, e.g.
+  ``label:verb,label:noun``) and a multi-label column ``labels`` (class names separated by ``;``, or a
+  JSON list in JSONL), kept as ``meta["targets"]`` for stage two's ``data.targets`` (a list without a
+  ``label`` column takes its first ``label:<name>`` column as the label). A ``classes.txt`` next to
+  the list fixes the class order. Rows that name the same file several times are **segments** of it
+  (e.g. the actions of a long video): each is its own item, with ``meta["group"]`` = the file (so its
+  decoding can be shared) and, unless the row has an ``id``, the id ``<file id>__<start>-<end>``
+  (``P01_01__12.5-15.25``). Duplicate ids stay an error.
 - ``FORMAT:ANNOTATIONS[,MORE]#VIDEO_ROOT[#option=value...]``: a data set's official annotation files,
   read by the ``FORMAT`` adapter (``kinetics``, ``ssv2``, ``ucf101``, ``hmdb51``, ``epic100``,
   ``charades``; see :mod:`stages.video.adapters`), e.g.
@@ -238,8 +242,52 @@ def _item_from_record(rec: dict, root: Path, where: str) -> VideoItem:
         raise InvalidIdError(f"{where}: {e}") from None
     meta = parse_meta(rec.get("meta"), where)
     split = normalise_split(rec.get("split") or meta.pop("split", None), where)
-    meta = meta | ({"split": split} if split else {})
+    targets = check_targets(meta.pop("targets", None), where) | _target_columns(rec, where)
+    if label is None and "label" not in rec:  # a list of label:<name> columns only: the first is the label
+        label = next((v for k, v in targets.items() if isinstance(v, str) and f"label:{k}" in rec), None)
+    meta = meta | ({"split": split} if split else {}) | ({"targets": targets} if targets else {})
     return VideoItem(video_id, os.path.abspath(os.path.join(root, raw)), label, start, end, meta)
+
+
+def _target_columns(rec: dict, where: str) -> dict[str, str | list[str]]:
+    """``label:<name>`` cells (one class each) and the multi-label ``labels`` cell of a list row."""
+    out: dict[str, str | list[str]] = {}
+    for key, value in rec.items():
+        if isinstance(key, str) and key.startswith("label:"):
+            name = key[len("label:") :].strip()
+            if isinstance(value, list | dict) or isinstance(value, bool):
+                raise SourceError(f"{where}: {key}={value!r}; expected one class name")
+            if (text := _text(value)) is not None:
+                out[name] = text
+    value = rec.get("labels")
+    if isinstance(value, str):
+        value = [v for v in (p.strip() for p in value.split(";")) if v]
+    if value is not None:
+        out["labels"] = value
+    return check_targets(out, where)
+
+
+def check_targets(value: object, where: str) -> dict[str, str | list[str]]:
+    """``{name: class name | [class names]}`` (a video's targets), checked; ``None`` -> ``{}``."""
+    if value is None:
+        return {}
+    expected = 'expected {name: class name, or a list of class names} like {"verb": "open"}'
+    if not isinstance(value, dict):
+        raise SourceError(f"{where}: targets={value!r}; {expected}")
+    out: dict[str, str | list[str]] = {}
+    for name, v in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name == "label":
+            raise SourceError(
+                f"{where}: target name {name!r}; expected letters, digits or '_' (not 'label', which is the "
+                "label column), like 'verb'"
+            )
+        if isinstance(v, list) and all(isinstance(c, str | int) and not isinstance(c, bool) for c in v):
+            out[name] = sorted({str(c).strip() for c in v if str(c).strip()})
+        elif isinstance(v, str | int) and not isinstance(v, bool) and str(v).strip():
+            out[name] = str(v).strip()
+        else:
+            raise SourceError(f"{where}: target {name}={v!r}; {expected}")
+    return out
 
 
 def _text(value: object) -> str | None:

@@ -9,10 +9,11 @@ Official files::
 
 Videos: ``<video root>/<id>.mp4`` (``Charades_v1_480/``). Rows: id the video id; split from the file name
 (train / test), else the ``split`` option. Charades is multi-label: ``meta`` holds ``multilabel`` (the
-class codes present, sorted) and ``actions`` (``[code, start_s, end_s]`` each). The single ``label`` is
-the class with the **longest total annotated time** in the video (ties: the lowest code); a video
-without actions is unlabelled. Class names are the codes (``c092``); ``Charades_v1_classes.txt`` maps
-them to text.
+class codes present, sorted), the same as ``targets: {"labels": [...]}`` (stage two's multi-label
+``data.targets: [labels]``: sigmoid loss, mAP), and ``actions`` (``[code, start_s, end_s]`` each).
+The single ``label`` is the class with the **longest total annotated time** in the video (ties: the
+lowest code); a video without actions is unlabelled. Class names are the codes (``c092``);
+``Charades_v1_classes.txt`` maps them to text.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def charades(annotations: list[Path], videos: Path, *, split: str = "") -> Listi
                     _main_class(actions),
                     file_split,
                     multilabel=sorted({a[0] for a in actions}),
+                    targets={"labels": sorted({a[0] for a in actions})},  # data.targets: [labels]
                     actions=actions,
                     scene=rec.get("scene") or None,
                 )

@@ -17,7 +17,8 @@ Labels: the single ``label`` is the **verb** class by default (97 classes; the o
 ``label=action`` (``verb:noun``) picks another). Classes are named by the ``key`` column of the class
 CSVs when they are given (pass them: then the class list is the official one, whatever rows a file
 holds), else by their index (``"3"``). Both labels go to ``meta``: ``labels: {"verb", "noun"}``
-(names), ``label_index: {"verb", "noun"}`` (class indices), with the ``narration``.
+(names), ``label_index: {"verb", "noun"}`` (class indices), with the ``narration``; and as
+``targets: {"verb", "noun"}``, so stage two trains both at once with ``data.targets: [verb, noun]``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def _segment(
         end,
         labels=labels or None,
         label_index=index_ or None,
+        targets=labels or None,  # stage two's data.targets: [verb, noun]
         narration=rec.get("narration") or None,
         participant=person,
     )

@@ -10,6 +10,7 @@ frame average (the ``linear`` head) carries no label; a head that sees temporal 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,10 @@ def make_store(
     content_scale: float = 0.3,
     signal: float = 2.0,
     id_prefix: str = "v",
+    targets: Callable[[int], dict[str, Any]] | None = None,
 ) -> Path:
-    """A store of ``videos`` direction videos (classes balanced), ``views`` views of ``rows`` rows each."""
+    """A store of ``videos`` direction videos (classes balanced), ``views`` views of ``rows`` rows each;
+    ``targets(label)`` gives each labelled video's ``meta["targets"]`` (as stage one keeps them)."""
     tensors = tensors or cls_tensors()
     frozen = frozen_weights() if any(t.kind == "tokens" for t in tensors) else {}
     spec = StoreSpec(
@@ -150,6 +153,7 @@ def make_store(
                     source=f"/synthetic/{id_prefix}{i:03d}.mp4",
                     fps=8.0,
                     num_frames=2 * rows,
+                    meta={"targets": targets(label)} if targets and label >= 0 else {},
                 ),
                 view_rows,
             )

@@ -256,6 +256,7 @@ def test_epic100_segments_and_labels(epic):
         "noun": 3,
     }
     assert first.meta["narration"] == "open door"
+    assert first.meta["targets"] == {"verb": "open", "noun": "3"}  # data.targets: [verb, noun]
     video = str(videos / "P01/videos/P01_01.MP4")
     assert all(
         got[f"P01_01_{k}"].path == video and got[f"P01_01_{k}"].meta["group"] == video for k in range(3)
@@ -297,6 +298,7 @@ def test_charades_multilabel(tmp_path):
     assert cooking.meta["multilabel"] == ["c092", "c147"] and cooking.meta["split"] == "train"
     assert cooking.meta["actions"][1] == ["c147", 0.0, 12.6] and cooking.meta["scene"] == "Kitchen"
     assert got["N11GT"].label is None and got["N11GT"].meta["multilabel"] == []
+    assert cooking.meta["targets"] == {"labels": ["c092", "c147"]}  # data.targets: [labels]
     assert (got["YSKX3"].label, got["YSKX3"].meta["split"]) == ("c006", "test")
 
 

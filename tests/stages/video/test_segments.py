@@ -71,3 +71,45 @@ def test_bad_splits_segments_and_meta_are_refused(tmp_path, text, error, match):
     src = write(tmp_path / "list.csv", text)
     with pytest.raises(error, match=match):
         read_source(str(src))
+
+
+def test_target_columns_become_the_videos_targets(tmp_path):
+    csv_list = write(
+        tmp_path / "list.csv",
+        "path,label,label:verb,label:noun,labels\n"
+        "a.mp4,open door,open,door,c1;c3\n"
+        "b.mp4,take cup,take,,\n"
+        "c.mp4,take cup,take,cup, c3 ;; c2 \n",
+    )
+    items, classes = read_source(str(csv_list))
+    assert classes == ["open door", "take cup"]
+    assert [it.meta["targets"] for it in items] == [
+        {"verb": "open", "noun": "door", "labels": ["c1", "c3"]},
+        {"verb": "take", "labels": []},  # an empty multi-label cell: no class present
+        {"verb": "take", "noun": "cup", "labels": ["c2", "c3"]},
+    ]
+    jsonl = write(
+        tmp_path / "list.jsonl",
+        json.dumps(
+            {"path": "a.mp4", "label:verb": "open", "labels": ["x", "y"], "meta": {"targets": {"n": 3}}},
+            separators=(",", ":"),
+        )
+        + "\n",
+    )
+    (item,), classes = read_source(str(jsonl))
+    assert item.label == "open" and classes == ["open"]  # no label column: the first label:<name> column
+    assert item.meta["targets"] == {"n": "3", "verb": "open", "labels": ["x", "y"]}
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "match"),
+    [
+        ("path,label:2nd", "a.mp4,x", r"target name '2nd'; expected letters"),
+        ("path,meta", 'a.mp4,"{""targets"": {""verb"": [1, true]}}"', r"target verb=\[1, True\]; expected"),
+        ("path,meta", 'a.mp4,"{""targets"": [""verb""]}"', r"targets=\['verb'\]; expected \{name"),
+    ],
+)
+def test_bad_targets_are_refused_with_the_row(tmp_path, header, row, match):
+    src = write(tmp_path / "list.csv", f"{header}\n{row}\n")
+    with pytest.raises(SourceError, match=rf"list.csv:2: {match}"):
+        read_source(str(src))
