@@ -64,9 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     top5 = "n/a (< 5 classes)" if m["top5"] is None else f"{m['top5']:.4f}"
     print(f"{m['head']} checkpoint {m['checkpoint']} (epoch {m['epoch']}) on {m['store']}, "
           f"{m['split_description']}: {m['videos']} videos, {m['clips']} clips")  # fmt: skip
+    if "targets" in m:  # data.targets: each target's figures (the first one leads: its top-1 or mAP is top1)
+        for name, t in m["targets"].items():
+            print(f"  {name}: " + "  ".join(f"{k} {_figure(v)}" for k, v in t.items() if k != "videos"))
+        if m.get("joint_top1") is not None:
+            print(f"  every single-label target right: {m['joint_top1']:.4f}")
+        print(f"  loss {m['val_loss']:.4f}")
+        return 0
     print(f"  top-1 {m['top1']:.4f}  top-5 {top5}  mean class accuracy {m['mean_class_acc']:.4f}  "
           f"loss {m['val_loss']:.4f}")  # fmt: skip
     if "top1_mean" in m:  # a memory head, run online: top-1 above is each video's last chunk
         print(f"  online: top-1 at the last chunk {m['top1']:.4f}, of the mean over chunks "
               f"{m['top1_mean']:.4f}, per chunk {m['chunk_top1']:.4f} (--json: every chunk)")  # fmt: skip
     return 0
+
+
+def _figure(value: object) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.commands import evaluate as eval_cmd
 from pipeline.commands.predict import write_rows
 from stages.core.errors import ConfigError
 from stages.predict.videos import predict
@@ -87,7 +88,7 @@ def test_average_precision_and_map_by_hand():
     assert m["precision_at_1"] == pytest.approx(2 / 3)  # video 2's top class (0) is absent
 
 
-def test_a_head_trains_on_several_targets_and_eval_scores_each_again(tmp_path, targets_store):
+def test_a_head_trains_on_several_targets_and_eval_scores_each_again(tmp_path, targets_store, capsys):
     head = {"name": "vivit_fe", "options": {"depth": 1}}
     cfg = make_cfg(tmp_path, targets_store, head=head, data={"targets": ["axis", "sign", "tags"]},
                    optim={"epochs": 10, "lr": 1e-2}, run={"eval_every": 100})  # fmt: skip
@@ -105,6 +106,10 @@ def test_a_head_trains_on_several_targets_and_eval_scores_each_again(tmp_path, t
     for key in ("axis_top1", "sign_top1", "tags_mAP", "joint_top1", "videos"):
         assert again[key] == pytest.approx(result[key]), key
     assert again["targets"]["tags"]["classes_scored"] == 3
+    assert eval_cmd.main([str(tmp_path / "last.pt"), str(targets_store), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"  axis: top1 {again['axis_top1']:.4f}" in printed and "  tags: mAP " in printed
+    assert f"every single-label target right: {again['joint_top1']:.4f}" in printed
     # twostage predict: every target's top-k per video, the first one leading; CSV columns per target
     rows = predict(str(tmp_path / "last.pt"), [str(targets_store)], topk=2, device="cpu")["predictions"]
     fs = FeatureStore(targets_store)
