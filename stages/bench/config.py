@@ -71,6 +71,7 @@ class ClaimsSpec:
     memory_task: str = "longrange"
     multigrid: str | None = None  # end to end with multigrid ...
     multigrid_base: str | None = None  # ... against the same run without
+    int8: list[list[str]] = field(default_factory=list)  # [float16 row, int8 row] pairs: within 0.5 points
 
 
 @dataclass

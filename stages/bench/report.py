@@ -116,7 +116,8 @@ def claims(cells: list[Cell], spec: ClaimsSpec) -> list[Verdict]:
     """Each claim tested on the cells, with the numbers that decide it."""
     at = {(c.row, c.task): c for c in cells}
     tasks = list(dict.fromkeys(c.task for c in cells))
-    return [_gowda(at, tasks, spec), _evl(at, spec), _memory(at, spec), _multigrid(at, tasks, spec)]
+    out = [_gowda(at, tasks, spec), _evl(at, spec), _memory(at, spec), _multigrid(at, tasks, spec)]
+    return out + ([_int8(at, tasks, spec)] if spec.int8 else [])
 
 
 def _gap(a: Cell, b: Cell) -> float:
@@ -203,6 +204,25 @@ def _multigrid(at: dict, tasks: list[str], spec: ClaimsSpec) -> Verdict:
         speed, loss = base.train_s / mg.train_s, -_gap(mg, base)
         oks.append(speed >= 2.5 and loss <= max(1.0, _noise(mg, base)))
         parts.append(f"{t}: {speed:.2f}x faster, {loss:+.1f} pts lost ({_pct(mg)}% vs {_pct(base)}%)")
+    if not oks:
+        return Verdict(claim, None, "the named rows did not run on a common task")
+    return Verdict(claim, all(oks), "; ".join(parts))
+
+
+def _int8(at: dict, tasks: list[str], spec: ClaimsSpec) -> Verdict:
+    claim = "a head trained from an int8 store ends within 0.5 points of the same head from a float16 store"
+    parts, oks = [], []
+    for half, quarter in spec.int8:
+        for t in tasks:
+            a, b = at.get((half, t)), at.get((quarter, t))
+            if a is None or b is None or a.acc is None or b.acc is None:
+                continue
+            loss = _gap(a, b)
+            oks.append(loss <= 0.5)
+            saved = f", {1 - b.bytes_per_frame / a.bytes_per_frame:.0%} fewer bytes" if (
+                a.bytes_per_frame and b.bytes_per_frame) else ""  # fmt: skip
+            parts.append(f"{t}: {quarter} {_pct(b)}% vs {half} {_pct(a)}% ({-loss:+.1f} pts, noise "
+                         f"{_noise(a, b):.1f}{saved})")  # fmt: skip
     if not oks:
         return Verdict(claim, None, "the named rows did not run on a common task")
     return Verdict(claim, all(oks), "; ".join(parts))

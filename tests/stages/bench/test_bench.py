@@ -105,6 +105,22 @@ def test_claims_are_decided_by_the_numbers() -> None:
     assert [v.reproduced for v in report.claims(cells, ClaimsSpec())] == [None, None, None, None]
 
 
+def test_the_int8_claim_is_within_half_a_point_per_pair_and_task() -> None:
+    def cell(row: str, task: str, acc: float, stored: int) -> Cell:
+        return Cell(row=row, task=task, acc=acc, acc_std=0.0, cost_s=10, train_s=10, peak_mb=1, seeds=1,
+                    bytes_per_frame=stored)  # fmt: skip
+
+    spec = ClaimsSpec(int8=[["f16", "i8"]])
+    close = [cell("f16", "a", 0.900, 200), cell("i8", "a", 0.896, 100), cell("f16", "b", 0.8, 200),
+             cell("i8", "b", 0.81, 100)]  # fmt: skip
+    *_, verdict = report.claims(close, spec)
+    assert verdict.reproduced is True and "a: i8 89.6 ± 0.0% vs f16 90.0 ± 0.0% (-0.4 pts" in verdict.evidence
+    assert "50% fewer bytes" in verdict.evidence
+    close[1] = cell("i8", "a", 0.894, 100)  # 0.6 points lost on one task
+    assert report.claims(close, spec)[-1].reproduced is False
+    assert len(report.claims(close, ClaimsSpec())) == 4  # not asked for: not listed
+
+
 def test_rows_must_name_earlier_rows_and_known_tasks() -> None:
     def bench(rows: list[dict]) -> BenchConfig:
         return from_dict(BenchConfig, {"tasks": [{"name": "t"}], "rows": rows})
