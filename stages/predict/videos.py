@@ -3,6 +3,8 @@
     videos --stage one (the checkpoint's own extract config: backbone, weights, preprocessing, sampling)
       --> scratch store (temporary, deleted after) --head, every stored view--> softmax mean [C] --> top-k
     feature store ----------------------------------------^
+    a memory head (memvit): every video run online, chunk by chunk with memory bounded by M (as
+      ``twostage eval``) --> the last chunk's softmax --> top-k, and each chunk's top class
 
 Stage one is reused whole (:func:`stages.extract.stage.run_extract`), so the features are bit-for-bit
 those an extraction with the same config writes; bad files are reported and skipped by it.
@@ -30,6 +32,7 @@ from stages.models.weights import sha256_file
 from stages.train import checks
 from stages.train.data import ClipDataset, EpochLoader
 from stages.train.evaluate import head_from_checkpoint
+from stages.train.online import online_loader, run_online
 from stages.train.runtime import autocast, pick_device, to_device
 from stages.train.targets import Targets
 from stages.video import decode
@@ -105,10 +108,6 @@ def video_list(inputs: Sequence[str], out: Path, window: float | None = None, ho
     return str(out), places
 
 
-MEMORY_HEADS = (
-    "a memory head (memvit) runs online, which predict does not do yet; score it on a store with "
-    "`twostage eval CHECKPOINT STORE` (extract the videos first)"
-)
 LISTS = (".csv", ".jsonl", ".tar")
 
 
@@ -152,6 +151,28 @@ def score_store(head: Any, store: FeatureStore, ckpt: dict[str, Any], device: st
     return {ids[i]: probs[i] / counts[i] for i in range(len(ids)) if counts[i] > 0}
 
 
+@torch.no_grad()
+def score_online(
+    head: Any, store: FeatureStore, ckpt: dict[str, Any], device: str, classes: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, list[dict[str, Any]]]]:
+    """A memory head run online, chunk by chunk with memory bounded by its M chunks (as ``twostage eval``):
+    per video id the softmax of its last chunk (which has seen the video through memory) and every
+    chunk's top class."""
+    data, run = ckpt["config"]["data"], ckpt["config"]["run"]
+    ids = [v.id for v in store.videos]
+    dev, bf16 = pick_device(device), bool(run["bf16"]) and not run.get("fp16", False)
+    stream = online_loader(store, ids, frames=data["frames"], stride=data["stride"], tensors=head.inputs,
+                           streams=min(16, len(ids)), stream_by=data.get("stream_by", "video"))  # fmt: skip
+    out = run_online(head.to(dev), stream.batches(), num_videos=len(ids), num_classes=len(classes),
+                     device=dev, bf16=bf16, keep_chunks=True)  # fmt: skip
+    chunks: dict[str, list[dict[str, Any]]] = {}
+    for video, chunk, pred, prob in sorted(out.per_chunk):
+        row = {"chunk": chunk, "class": classes[pred], "prob": round(prob, 6)}
+        chunks.setdefault(ids[video], []).append(row)
+    last = out.last.cpu()
+    return {ids[i]: last[i] for i in range(len(ids)) if out.chunks[i] > 0}, chunks
+
+
 def predict(
     checkpoint: str, inputs: Sequence[str], *, topk: int = 5, device: str = "auto", progress: bool = True,
     workers: int = 1, window: float | None = None, hop: float | None = None,
@@ -159,8 +180,6 @@ def predict(
     """``{"predictions": [{"id", "source", "top": [[class, prob], ...]}], "failures": [...]}``; with
     ``window`` (seconds), one prediction per window of each video (``start``, ``end`` added)."""
     ckpt = checks.load_checkpoint(checkpoint, key="CHECKPOINT")
-    if ckpt["head"]["name"] == "memvit":
-        raise CheckpointError(f"CHECKPOINT {checkpoint}: {MEMORY_HEADS}")
     classes = list(ckpt["store"]["classes"])
     if len(inputs) == 1 and is_store(inputs[0]):
         if window is not None:
@@ -191,9 +210,11 @@ def _top(p: torch.Tensor, classes: list[str], k: int) -> list[list[Any]]:
 def _result(ckpt: dict[str, Any], checkpoint: str, store: FeatureStore, device: str, topk: int,
             classes: list[str], failures: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     head = head_from_checkpoint(ckpt, store, key=f"checkpoint {checkpoint}")  # refuses other weights
+    chunks: dict[str, list[dict[str, Any]]] = {}
     if getattr(head, "recurrent", False):
-        raise CheckpointError(f"CHECKPOINT {checkpoint}: {MEMORY_HEADS}")
-    probs = score_store(head, store, ckpt, device)
+        probs, chunks = score_online(head, store, ckpt, device, classes)
+    else:
+        probs = score_store(head, store, ckpt, device)
     sources = {v.id: v.source for v in store.videos}
     described = ckpt["head"].get("targets")
     slices: list[tuple[str | None, list[str], int]] = [(None, classes, 0)]
@@ -205,6 +226,8 @@ def _result(ckpt: dict[str, Any], checkpoint: str, store: FeatureStore, device: 
         row: dict[str, Any] = {"id": vid, "source": sources.get(vid), "top": next(iter(tops.values()))}
         if described:  # the first target leads ("top"); every target's top-k (sigmoid for multi-label)
             row["targets"] = tops
+        if vid in chunks:  # a memory head: every chunk's prediction, with the memory of those before it
+            row["chunks"] = chunks[vid]
         rows.append(row)
     failures = [
         {"id": f["id"], "path": f["path"], "error": str(f["error"]).splitlines()[0]} for f in failures

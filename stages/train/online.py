@@ -87,9 +87,10 @@ def run_online(
         run.last[video] = probs  # chunks arrive in order: the latest is the last one so far
         run.total.index_add_(0, video, probs)
         run.chunks.index_add_(0, video, torch.ones_like(video, dtype=torch.float64))
-        hits = (probs.argmax(dim=1) == labels).sum().double()
-        loss = F.cross_entropy(logits, labels, reduction="sum").double()
-        run.stats += torch.stack([hits, loss, hits.new_tensor(len(labels))])
+        known = labels >= 0  # unlabelled videos (twostage predict) are predicted, not scored
+        hits = (probs.argmax(dim=1) == labels)[known].sum().double()
+        loss = F.cross_entropy(logits[known], labels[known], reduction="sum").double()
+        run.stats += torch.stack([hits, loss, hits.new_tensor(int(known.sum()))])
         if keep_chunks:
             top, chunk = probs.max(dim=1), batch["chunk"][real.cpu()]
             run.per_chunk += zip(video.tolist(), chunk.tolist(), top.indices.tolist(), top.values.tolist(),

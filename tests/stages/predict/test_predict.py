@@ -69,14 +69,27 @@ def test_foreign_backbone_weights_are_refused_naming_them(trained, appearance_vi
         predict(str(bad), videos(appearance_videos)[:1], progress=False)
 
 
-def test_memory_head_refused_with_what_to_do(trained, tmp_path) -> None:
-    _, ckpt = trained
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    state["head"]["name"] = "memvit"
-    bad = tmp_path / "mem.pt"
-    torch.save(state, bad)
-    with pytest.raises(CheckpointError, match="memory head.*twostage eval"):
-        predict(str(bad), [str(tmp_path)], progress=False)
+def test_a_memory_head_predicts_online_chunk_by_chunk(trained, appearance_videos, tmp_path) -> None:
+    store, _ = trained
+    train = from_dict(TrainConfig, {
+        "data": {"store": str(store), "val_fraction": 0.25, "workers": 0, "batch_size": 4, "frames": 2},
+        "run": {"out": str(tmp_path / "mem"), "plots": False, "log_every": 1000},
+        "optim": {"epochs": 1}, "head": {"name": "memvit", "options": {"depth": 1, "memory": 1}},
+    })  # fmt: skip
+    run_train(train)
+    ckpt = str(tmp_path / "mem" / "last.pt")
+    from_store = predict(ckpt, [str(store)], topk=2, progress=False)["predictions"]
+    from_videos = predict(ckpt, videos(appearance_videos), topk=2, progress=False)["predictions"]
+    assert len(from_store) == len(from_videos) == 8
+    for row in from_store:  # 4 stored rows in the first view: chunks 0 and 1 of 2 frames, the last one scored
+        assert [c["chunk"] for c in row["chunks"]] == [0, 1]
+        assert row["top"][0][0] == row["chunks"][-1]["class"]
+        assert row["top"][0][1] == pytest.approx(row["chunks"][-1]["prob"], abs=1e-5)
+    by_source = {Path(r["source"]).name: r["top"] for r in from_videos}
+    for row in from_store:  # raw videos through stage one give what the store gives
+        got = by_source[Path(row["source"]).name]
+        assert [c for c, _ in got] == [c for c, _ in row["top"]]
+        assert [p for _, p in got] == pytest.approx([p for _, p in row["top"]], abs=1e-4)
 
 
 @pytest.mark.parametrize(
