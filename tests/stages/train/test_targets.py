@@ -88,6 +88,29 @@ def test_average_precision_and_map_by_hand():
     assert m["precision_at_1"] == pytest.approx(2 / 3)  # video 2's top class (0) is absent
 
 
+def test_per_target_metrics_by_hand():
+    t = Targets([("verb", ["a", "b"], False), ("noun", ["x", "y", "z"], False), ("tags", ["p", "q"], True)])
+    probs = torch.tensor([  # verb | noun | tags (averaged probabilities of 4 videos)
+        [0.9, 0.1, 0.2, 0.7, 0.1, 0.9, 0.2],
+        [0.3, 0.7, 0.6, 0.3, 0.1, 0.8, 0.6],
+        [0.6, 0.4, 0.1, 0.1, 0.8, 0.1, 0.7],
+        [0.2, 0.8, 0.5, 0.4, 0.1, 0.3, 0.9],
+    ], dtype=torch.float64)  # fmt: skip
+    labels = torch.tensor([[0, 1, 1, 1], [1, 2, 1, 0], [0, 2, 0, 1], [0, -1, 0, 0]])
+    m = t.metrics(probs, labels)
+    assert m["verb_top1"] == pytest.approx(3 / 4)  # video 3 says b, is a
+    assert m["noun_top1"] == pytest.approx(2 / 3)  # video 1 says x, is z; video 3 has no noun: not scored
+    assert m["targets"]["noun"]["videos"] == 3 and m["targets"]["noun"]["mean_class_acc"] == pytest.approx(
+        0.75
+    )
+    assert m["joint_top1"] == pytest.approx(2 / 3)  # videos 0 and 2 of the 3 with both labels
+    # p: scores 0.9 (v0 +), 0.8 (v1 +), 0.3, 0.1 -> AP 1; q: 0.9 (v3 -), 0.7 (v2 +), 0.6 (v1 -), 0.2 (v0 +)
+    # -> precisions 1/2 and 2/4 at its positives -> AP 0.5
+    assert m["tags_mAP"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["targets"]["tags"]["precision_at_1"] == pytest.approx(3 / 4)  # top tags p, p, q, q: v3 lacks q
+    assert m["top1"] == m["verb_top1"] and m["mean_class_acc"] == m["targets"]["verb"]["mean_class_acc"]
+
+
 def test_a_head_trains_on_several_targets_and_eval_scores_each_again(tmp_path, targets_store, capsys):
     head = {"name": "vivit_fe", "options": {"depth": 1}}
     cfg = make_cfg(tmp_path, targets_store, head=head, data={"targets": ["axis", "sign", "tags"]},
