@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from store import codecs, layout
 from store.errors import NotAStoreError, StoreCorruptError, StoreError, StoreMismatchError
 from store.index import read_log
 from store.schema import StoreSpec, TensorSpec, check_format
+from store.shards import ShardCodec, ShardReader
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class FeatureStore:
         self.storage_options = storage_options
         self._group: zarr.Group | None = None
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._shards: dict[tuple[str, str], ShardReader | None] = {}  # local arrays read without zarr
         attrs = self._root_attrs()
         check_format(attrs, self.path)
         self.attrs = attrs
@@ -104,7 +107,7 @@ class FeatureStore:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_group"], state["_arrays"] = None, {}
+        state["_group"], state["_arrays"], state["_shards"] = None, {}, {}  # file descriptors stay here
         return state
 
     def refresh(self) -> None:
@@ -247,9 +250,30 @@ class FeatureStore:
             self._arrays[key] = self._open_group()[layout.array_path(part, name)]  # type: ignore[assignment]
         return self._arrays[key]
 
+    def _shard_reader(self, part: str, name: str) -> ShardReader | None:
+        """The direct reader of a local array whose shards this package wrote (None: read with zarr)."""
+        key = (part, name)
+        if key not in self._shards:
+            arr, folder = self.array(part, name), Path(self.path, layout.array_path(part, name))
+            codec = None if "://" in self.path else ShardCodec.for_array(arr.metadata.to_dict())
+            local = codec is not None and (folder / "zarr.json").is_file()
+            reader = ShardReader(folder, codec, arr.shape[1:], arr.dtype) if codec and local else None
+            self._shards[key] = reader
+        return self._shards[key]
+
+    def _slice(self, part: str, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of one array (clamped to its length, like a slice), in the stored dtype:
+        one read per run of chunks through :class:`store.shards.ShardReader` for local stores, else zarr."""
+        arr = self.array(part, name)
+        reader = self._shard_reader(part, name)
+        if reader is None:
+            return np.asarray(arr[start:stop])
+        start, stop, _ = slice(start, stop).indices(arr.shape[0])
+        return reader.read(start, max(start, stop))
+
     def read_raw(self, part: str, name: str, start: int, stop: int) -> np.ndarray:
         try:
-            return np.asarray(self.array(part, name)[start:stop])
+            return self._slice(part, name, start, stop)
         except Exception as e:  # noqa: BLE001 - any decode failure of stored bytes is corruption
             raise StoreCorruptError(
                 f"rows {start}:{stop} of {layout.array_path(part, name)} in {self.path} cannot be read "
@@ -342,7 +366,7 @@ class FeatureStore:
             pieces = []
             for run in runs:
                 lo, hi = int(run[0]), int(run[-1]) + 1
-                block = np.asarray(arr[lo:hi])
+                block = self._slice(part, name, lo, hi)
                 pieces.append(block if len(run) == hi - lo else block[run - lo])
             if not pieces:
                 return np.empty((0, *arr.shape[1:]), dtype=arr.dtype)
@@ -398,9 +422,11 @@ class FeatureStore:
         out = {}
         for name in names:
             t = self.spec.tensor(name)
-            values = self.read_raw(part, name, start + lo, start + hi)[idx - lo]
+            contiguous = idx.size == hi - lo and bool((np.diff(idx) == 1).all())  # a slice: no row picking
+            pick = slice(None) if contiguous else idx - lo
+            values = self.read_raw(part, name, start + lo, start + hi)[pick]
             if t.quantised and dequantise:
-                scale = self.read_raw(part, name + layout.SCALE_SUFFIX, start + lo, start + hi)[idx - lo]
+                scale = self.read_raw(part, name + layout.SCALE_SUFFIX, start + lo, start + hi)[pick]
                 values = codecs.dequantise_int8(values, scale, dtype)
             elif dequantise:
                 values = values.astype(dtype, copy=False)
