@@ -18,6 +18,7 @@ anything else, and the caller goes through zarr). zarr, zarrs, dask and xarray r
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,11 +140,15 @@ class ShardReader:
         self.row_shape, self.dtype = tuple(row_shape), np.dtype(dtype).newbyteorder("<")
         self.n_chunks = -(-codec.shard_rows // codec.chunk_rows)
         self._open: dict[int, tuple[int, tuple[int, int, int], np.ndarray]] = {}  # shard -> fd, stat, index
+        self._lock = threading.Lock()  # several threads may read one array at once
+        self._retired: list[int] = []  # descriptors of replaced files, closed with the reader
 
     def close(self) -> None:
-        for fd, _, _ in self._open.values():
-            os.close(fd)
-        self._open.clear()
+        with self._lock:
+            for fd in [*(fd for fd, _, _ in self._open.values()), *self._retired]:
+                os.close(fd)
+            self._open.clear()
+            self._retired.clear()
 
     def __del__(self) -> None:
         try:
@@ -153,6 +158,10 @@ class ShardReader:
 
     def _shard(self, shard: int) -> tuple[int, np.ndarray] | None:
         """(fd, index [n_chunks, 2]) of a shard file, reopened when it was replaced; None if absent."""
+        with self._lock:
+            return self._shard_locked(shard)
+
+    def _shard_locked(self, shard: int) -> tuple[int, np.ndarray] | None:
         path = shard_path(self.dir, shard, 1 + len(self.row_shape))
         try:
             st = os.stat(path)
@@ -162,8 +171,8 @@ class ShardReader:
         cached = self._open.get(shard)
         if cached is not None and cached[1] == key:
             return cached[0], cached[2]
-        if cached is not None:
-            os.close(cached[0])
+        if cached is not None:  # replaced: another thread may still be reading the old descriptor
+            self._retired.append(cached[0])
             del self._open[shard]
         fd = os.open(path, os.O_RDONLY)
         try:
