@@ -69,3 +69,18 @@ def test_reads_into_a_preallocated_buffer(two_parts):
     np.testing.assert_array_equal(out["b3.tokens"], fs.read_clips(clips, tensors=["b3.tokens"])["b3.tokens"])
     with pytest.raises(StoreError, match=r"expected a C-contiguous \(8, 3, 5, 16\) array"):
         fs.read_clips(clips, tensors=["b3.tokens"], out={"b3.tokens": np.zeros((8, 3, 16, 5), np.float32)})
+
+
+def test_a_local_store_is_read_directly_and_equals_what_zarr_reads(two_parts):
+    local, remote = FeatureStore(two_parts), FeatureStore(f"file://{two_parts}")  # a URL: read through zarr
+    names = [t.name for t in TENSORS]
+    clips = random_clips(local, 32, 6, seed=5)
+    direct, via_zarr = local.read_clips(clips, tensors=names), remote.read_clips(clips, tensors=names)
+    rec = local.videos[3]
+    for name in names:
+        np.testing.assert_array_equal(direct[name], via_zarr[name], err_msg=name)
+        np.testing.assert_array_equal(
+            local.read(rec.id, tensors=[name])[name], remote.read(rec.id, tensors=[name])[name]
+        )
+    part = local.videos[0].part
+    assert local._shard_reader(part, names[0]) is not None and remote._shard_reader(part, names[0]) is None
