@@ -173,7 +173,7 @@ def _evl(at: dict, spec: ClaimsSpec) -> Verdict:
         return Verdict(claim, None, "the modules-off rows did not run on both tasks")
     matter = max(d for _, d, _ in temporal) >= max(5.0, max(n for _, _, n in temporal))
     flat = all(abs(d) <= max(2.0, n) for _, d, n in static)
-    text = "; ".join(f"{t}: " + ", ".join(f"{r} -{d:.1f} pts (noise {n:.1f})" for r, d, n in ds)
+    text = "; ".join(f"{t}: " + ", ".join(f"{r} {-d:+.1f} pts (noise {n:.1f})" for r, d, n in ds)
                      for t, ds in drops.items())  # fmt: skip
     return Verdict(claim, matter and flat, text)
 
