@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -85,7 +86,11 @@ def make_plan(cfg: Any, args: argparse.Namespace) -> Any:
     s = cfg.sampling
     clip = args.clip_frames or (s.frames if s.mode == "clips" else min(frames, 32))
     workload = planning.Workload(len(items), frames, clip, args.epochs, per_frame)
-    probes = planning.Probes(write, read, model_fps, decode_fps * max(1, cfg.run.decode_workers))
+    workers = max(1, cfg.run.decode_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    shared = backbone.device.type == "cpu"  # the model's threads and the decode workers share the cores
+    probes = planning.Probes(write, read, model_fps, decode_fps * workers, cpu_cores=cores if shared else 0,
+                             decode_workers=workers, model_threads=_threads() if shared else 1)  # fmt: skip
     tokens = any(not n.endswith(".cls") for n in shapes)
     return planning.estimate(workload, probes, tokens_needed=tokens)
 
@@ -108,6 +113,12 @@ def _probe_decode(job: Any, items: list[Any], cfg: Any) -> tuple[float, float]:
         raise ConfigError(f"none of the {len(items)} probed videos of {cfg.source} decoded: {fails[:2]}")
     frames = sum(len(m[4]) for m in rows)
     return frames / len(done), frames / seconds
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _cuda() -> bool:

@@ -33,6 +33,22 @@ class Probes:
     disk_read_mbps: float
     model_frames_per_s: float  # backbone forward, frames per second, at the configured batch
     decode_frames_per_s: float  # decoding + preprocessing, frames per second, all decode workers together
+    # When the model runs on the CPU, decode workers and the model share its cores: each frame then costs
+    # decode_workers / decode_frames_per_s + model_threads / model_frames_per_s CPU-seconds, and the cores
+    # do at most cpu_cores of those a second. 0 cores: the model is on a GPU, the two overlap freely.
+    cpu_cores: int = 0
+    decode_workers: int = 1
+    model_threads: int = 1
+
+    def frames_per_s(self) -> float:
+        """Extraction speed: the slower of decoding and the model (they overlap), and, on a shared CPU,
+        no faster than its cores can do both."""
+        rate = min(self.model_frames_per_s, self.decode_frames_per_s)
+        if self.cpu_cores > 0:
+            decode = self.decode_workers / self.decode_frames_per_s  # CPU-seconds per frame
+            model = self.model_threads / self.model_frames_per_s
+            rate = min(rate, self.cpu_cores / (decode + model))
+        return rate
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,7 @@ def estimate(w: Workload, p: Probes, *, tokens_needed: bool = True) -> Plan:
     """Every option's cost for ``w`` at the speeds ``p``; the cheapest option that can train the head
     (``tokens_needed``: the head reads patch tokens, so a CLS-only store cannot serve it)."""
     frames = w.videos * w.frames_per_video
-    make = frames / min(p.model_frames_per_s, p.decode_frames_per_s)  # decode workers and the model overlap
+    make = frames / p.frames_per_s()  # decode workers and the model overlap (sharing a CPU's cores)
     plan = Plan(w, p)
     for name, per_frame in w.bytes_per_frame.items():
         total = frames * per_frame
@@ -76,7 +92,7 @@ def estimate(w: Workload, p: Probes, *, tokens_needed: bool = True) -> Plan:
         plan.options.append(
             Option(name, total / 1e9, make + write, epoch, make + write + w.epochs * epoch, note)
         )
-    fly = w.videos * w.clip_frames / min(p.model_frames_per_s, p.decode_frames_per_s)
+    fly = w.videos * w.clip_frames / p.frames_per_s()
     plan.options.append(
         Option("train on the fly", 0.0, 0.0, fly, w.epochs * fly, "decode + backbone each epoch")
     )
@@ -149,7 +165,8 @@ def table(plan: Plan) -> str:
         f"{w.videos} videos x {w.frames_per_video:.0f} stored frames; a head reads {w.clip_frames} frames "
         f"per video per epoch; {w.epochs} epochs",
         f"probes: disk write {p.disk_write_mbps:.0f} MB/s, read {p.disk_read_mbps:.0f} MB/s; model "
-        f"{p.model_frames_per_s:.0f} frames/s; decode {p.decode_frames_per_s:.0f} frames/s",
+        f"{p.model_frames_per_s:.0f} frames/s; decode {p.decode_frames_per_s:.0f} frames/s"
+        + (f"; on {p.cpu_cores} shared CPU cores: {p.frames_per_s():.0f} frames/s" if p.cpu_cores else ""),
         "",
         "| option | bytes/frame | store GB | extract once s | per epoch s | total s | note |",
         "|---|---:|---:|---:|---:|---:|---|",

@@ -53,3 +53,17 @@ def test_the_command_probes_and_prints_the_table(direction_videos: Path, tmp_pat
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigError, match="--epochs"):
         cli([*args[:4], "--epochs", "0"])
+
+
+def test_a_shared_cpu_bounds_extraction_by_both_loads_together() -> None:
+    # 2 decode workers at 300 frames/s each (600 together) and a 2-thread model at 800 frames/s on 2 cores:
+    # per frame 2/600 + 2/800 = 0.00583 CPU-s, so the cores do 2 / 0.00583 = 343 frames/s, not min(600, 800)
+    w = Workload(videos=10, frames_per_video=343, clip_frames=8, epochs=1, bytes_per_frame={"cache int8": 1})
+    gpu = Probes(1e9, 1e9, model_frames_per_s=800, decode_frames_per_s=600)
+    cpu = Probes(1e9, 1e9, model_frames_per_s=800, decode_frames_per_s=600, cpu_cores=2, decode_workers=2,
+                 model_threads=2)  # fmt: skip
+    assert gpu.frames_per_s() == 600 and cpu.frames_per_s() == pytest.approx(2 / (2 / 600 + 2 / 800))
+    extract = {o.name: o.extract_s for o in estimate(w, cpu).options}
+    assert extract["cache int8"] == pytest.approx(3430 / (2 / (2 / 600 + 2 / 800)), rel=1e-6)
+    # many cores: the overlap rule again
+    assert Probes(1, 1, 800, 600, cpu_cores=64, decode_workers=2, model_threads=2).frames_per_s() == 600
