@@ -31,9 +31,9 @@ from stages.extract.stage import run_extract
 from stages.models.weights import sha256_file
 from stages.train import checks
 from stages.train.data import ClipDataset, EpochLoader
-from stages.train.evaluate import head_from_checkpoint
-from stages.train.online import online_loader, run_online
-from stages.train.runtime import autocast, pick_device, to_device
+from stages.train.evaluate import checkpoint_device, head_from_checkpoint, online_stream
+from stages.train.online import run_online
+from stages.train.runtime import autocast, to_device
 from stages.train.targets import Targets
 from stages.video import decode
 from store import FeatureStore
@@ -129,15 +129,16 @@ def windows(path: str, window: float, hop: float, decoder: str) -> list[tuple[st
 
 
 @torch.no_grad()
-def score_store(head: Any, store: FeatureStore, ckpt: dict[str, Any], device: str) -> dict[str, torch.Tensor]:
+def score_store(
+    head: Any, store: FeatureStore, ckpt: dict[str, Any], device: str, targets: Targets | None
+) -> dict[str, torch.Tensor]:
     """Per video id: the softmax averaged over every stored view and eval clip (as ``twostage eval``);
     a head of several targets: each target's softmax (or sigmoid, multi-label) side by side."""
-    targets = Targets.from_description(ckpt["head"]["targets"]) if ckpt["head"].get("targets") else None
-    data, run = ckpt["config"]["data"], ckpt["config"]["run"]
+    data = ckpt["config"]["data"]
     ids = [v.id for v in store.videos]
     dataset = ClipDataset(store, ids, data["frames"], data["stride"], "eval", head.inputs,
                           eval_clips=data["eval_clips"], short_videos=data["short_videos"])  # fmt: skip
-    dev, bf16 = pick_device(device), bool(run["bf16"]) and not run.get("fp16", False)
+    dev, bf16 = checkpoint_device(ckpt, device)
     head = head.to(dev).eval()
     probs = torch.zeros(len(ids), ckpt["head"]["num_classes"], dtype=torch.float64)  # [N, C]
     counts = torch.zeros(len(ids), dtype=torch.float64)
@@ -158,17 +159,15 @@ def score_online(
     """A memory head run online, chunk by chunk with memory bounded by its M chunks (as ``twostage eval``):
     per video id the softmax of its last chunk (which has seen the video through memory) and every
     chunk's top class."""
-    data, run = ckpt["config"]["data"], ckpt["config"]["run"]
     ids = [v.id for v in store.videos]
-    dev, bf16 = pick_device(device), bool(run["bf16"]) and not run.get("fp16", False)
-    stream = online_loader(store, ids, frames=data["frames"], stride=data["stride"], tensors=head.inputs,
-                           streams=min(16, len(ids)), stream_by=data.get("stream_by", "video"))  # fmt: skip
+    dev, bf16 = checkpoint_device(ckpt, device)
+    stream = online_stream(ckpt, head, store, ids, streams=min(16, len(ids)))
     out = run_online(head.to(dev), stream.batches(), num_videos=len(ids), num_classes=len(classes),
                      device=dev, bf16=bf16, keep_chunks=True)  # fmt: skip
-    chunks: dict[str, list[dict[str, Any]]] = {}
-    for video, chunk, pred, prob in sorted(out.per_chunk):
-        row = {"chunk": chunk, "class": classes[pred], "prob": round(prob, 6)}
-        chunks.setdefault(ids[video], []).append(row)
+    chunks = {
+        ids[video]: [{"chunk": c, "class": classes[pred], "prob": round(prob, 6)} for c, pred, prob in rows]
+        for video, rows in out.by_video().items()
+    }
     last = out.last.cpu()
     return {ids[i]: last[i] for i in range(len(ids)) if out.chunks[i] > 0}, chunks
 
@@ -211,20 +210,20 @@ def _result(ckpt: dict[str, Any], checkpoint: str, store: FeatureStore, device: 
             classes: list[str], failures: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     head = head_from_checkpoint(ckpt, store, key=f"checkpoint {checkpoint}")  # refuses other weights
     chunks: dict[str, list[dict[str, Any]]] = {}
+    targets = Targets.of_head(ckpt["head"])
     if getattr(head, "recurrent", False):
         probs, chunks = score_online(head, store, ckpt, device, classes)
     else:
-        probs = score_store(head, store, ckpt, device)
+        probs = score_store(head, store, ckpt, device, targets)
     sources = {v.id: v.source for v in store.videos}
-    described = ckpt["head"].get("targets")
     slices: list[tuple[str | None, list[str], int]] = [(None, classes, 0)]
-    if described:
-        slices = [(t.name, list(t.classes), t.start) for t in Targets.from_description(described).items]
+    if targets:
+        slices = [(t.name, list(t.classes), t.start) for t in targets.items]
     rows = []
     for vid, p in sorted(probs.items()):
         tops = {name: _top(p[start : start + len(names)], names, topk) for name, names, start in slices}
         row: dict[str, Any] = {"id": vid, "source": sources.get(vid), "top": next(iter(tops.values()))}
-        if described:  # the first target leads ("top"); every target's top-k (sigmoid for multi-label)
+        if targets:  # the first target leads ("top"); every target's top-k (sigmoid for multi-label)
             row["targets"] = tops
         if vid in chunks:  # a memory head: every chunk's prediction, with the memory of those before it
             row["chunks"] = chunks[vid]

@@ -32,6 +32,7 @@ from stages.train.heads import Head, features_of, head_from_description
 from stages.train.metrics import video_metrics
 from stages.train.online import online_loader, run_online
 from stages.train.runtime import Dist, autocast, pick_device, to_device
+from stages.train.streams import StreamLoader
 from stages.train.targets import Targets
 from store import FeatureStore
 
@@ -92,11 +93,28 @@ def evaluate_online(
     out |= {"top1_mean": mean["top1"], "chunk_top1": hits / max(n, 1), "val_loss": loss / max(n, 1),
             "clips": int(n), "eval_seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     if keep_chunks:
-        per_video: dict[int, list[dict[str, Any]]] = {}
-        for video, chunk, pred, prob in sorted(run.per_chunk):
-            per_video.setdefault(video, []).append({"chunk": chunk, "pred": pred, "prob": round(prob, 4)})
-        out["per_video"] = per_video
+        out["per_video"] = {
+            video: [{"chunk": c, "pred": pred, "prob": round(prob, 4)} for c, pred, prob in rows]
+            for video, rows in run.by_video().items()
+        }
     return out
+
+
+def checkpoint_device(ckpt: dict[str, Any], device: str) -> tuple[torch.device, bool]:
+    """The device to score a checkpoint on, and whether in bf16 (as it trained; fp16 runs score in fp32)."""
+    run = ckpt["config"]["run"]
+    return pick_device(device), bool(run["bf16"]) and not run.get("fp16", False)
+
+
+def online_stream(
+    ckpt: dict[str, Any], head: Head, store: FeatureStore, ids: list[str], *, streams: int, workers: int = 0,
+    integrity: str = "check", pin_memory: bool = False,
+) -> StreamLoader:  # fmt: skip
+    """Every video of ``ids`` whole, in order, chunked as the memory head ``ckpt`` trained."""
+    data = ckpt["config"]["data"]
+    return online_loader(store, ids, frames=data["frames"], stride=data["stride"], tensors=head.inputs,
+                         streams=streams, stream_by=data.get("stream_by", "video"), workers=workers,
+                         integrity=integrity, pin_memory=pin_memory)  # fmt: skip
 
 
 def head_from_checkpoint(ckpt: dict[str, Any], store: FeatureStore, key: str) -> Head:
@@ -204,13 +222,11 @@ def evaluate_checkpoint(
     head = head_from_checkpoint(ckpt, store, key=f"checkpoint {checkpoint}")
     ids, seen, description = select_eval_ids(ckpt, store, split)
     data = ckpt["config"]["data"]
-    run = ckpt["config"]["run"]
-    dev, bf16 = pick_device(device), bool(run["bf16"]) and not run.get("fp16", False)  # fp16 runs: fp32 eval
+    dev, bf16 = checkpoint_device(ckpt, device)
     num_classes = ckpt["head"]["num_classes"]
-    targets = Targets.from_description(ckpt["head"]["targets"]) if ckpt["head"].get("targets") else None
+    targets = Targets.of_head(ckpt["head"])
     if getattr(head, "recurrent", False):  # memory heads: every video online, chunk by chunk
-        stream = online_loader(store, ids, frames=data["frames"], stride=data["stride"], tensors=head.inputs,
-                               streams=batch_size, stream_by=data.get("stream_by", "video"), workers=workers,
+        stream = online_stream(ckpt, head, store, ids, streams=batch_size, workers=workers,
                                integrity=integrity, pin_memory=dev.type == "cuda")  # fmt: skip
         metrics = evaluate_online(head.to(dev), stream.batches(), stream.dataset.labels, num_classes,
                                   device=dev, bf16=bf16, keep_chunks=True)  # fmt: skip

@@ -41,6 +41,13 @@ class OnlineRun:
     stats: torch.Tensor  # [3] chunk hits, chunk cross-entropy sum, chunks
     per_chunk: list[tuple[int, int, int, float]] = field(default_factory=list)  # (video, chunk, pred, prob)
 
+    def by_video(self) -> dict[int, list[tuple[int, int, float]]]:
+        """``keep_chunks``: per video number, its chunks' ``(chunk, top class, probability)`` in order."""
+        out: dict[int, list[tuple[int, int, float]]] = {}
+        for video, chunk, pred, prob in sorted(self.per_chunk):
+            out.setdefault(video, []).append((chunk, pred, prob))
+        return out
+
 
 def online_loader(
     store: FeatureStore, ids: Sequence[str], *, frames: int, stride: int, tensors: Sequence[str],

@@ -112,6 +112,11 @@ class Targets:
         """The targets a checkpoint recorded (``head["targets"]``)."""
         return cls((d["name"], d["classes"], bool(d["multi"])) for d in description)
 
+    @classmethod
+    def of_head(cls, head: dict[str, Any]) -> Targets | None:
+        """The targets of a checkpoint's head description; None for a head of the store's one label."""
+        return cls.from_description(head["targets"]) if head.get("targets") else None
+
     def describe(self) -> list[dict[str, Any]]:
         """What checkpoints record (``head["targets"]``)."""
         return [{"name": t.name, "classes": list(t.classes), "multi": t.multi} for t in self.items]
