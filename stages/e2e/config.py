@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stages.e2e import multigrid as mgrid
+from stages.train.config import check_cadence
 
 
 @dataclass
@@ -147,11 +148,7 @@ class RunConfig:
     checkpoint_every: int = 0  # also save last.pt every N optimizer steps (long epochs); 0 = epoch ends only
 
     def __post_init__(self) -> None:
-        if self.eval_every < 1 or self.log_every < 1 or self.checkpoint_every < 0:
-            raise ValueError(
-                f"need eval_every >= 1, log_every >= 1, checkpoint_every >= 0, got {self.eval_every}, "
-                f"{self.log_every}, {self.checkpoint_every}"
-            )
+        check_cadence(self.eval_every, self.log_every, self.checkpoint_every)
 
 
 @dataclass

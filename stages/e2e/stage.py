@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as torch_dist
 
 from stages.core.config import to_dict
 from stages.core.errors import CheckpointError, ConfigError, SourceError
@@ -34,7 +33,7 @@ from stages.train import checks
 from stages.train.evaluate import evaluate
 from stages.train.heads import Head, check_options, head_from_description
 from stages.train.loop import LoopSettings, fit, make_optimizer, param_groups, seed_everything
-from stages.train.runtime import Dist, setup_distributed
+from stages.train.runtime import Dist, distributed
 from stages.train.steps import classify_step
 from stages.video.augment import Augment
 from stages.video.dataset import VideoClipDataset
@@ -217,9 +216,7 @@ def run_e2e(cfg: E2EConfig, *, stop_after: int | None = None) -> dict[str, Any]:
     Under ``torchrun`` every process calls this; the process group is joined here and left at the end.
     ``stop_after`` ends the run after that many epochs in all, as an interruption would (tests).
     """
-    owned = torch_dist.is_available() and not torch_dist.is_initialized()
-    dist, device = setup_distributed(cfg.run.device)
-    try:
+    with distributed(cfg.run.device) as (dist, device):
         if cfg.data.batch_size % dist.world:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} (global) does not split over "
                               f"{dist.world} processes; use a multiple of {dist.world}")  # fmt: skip
@@ -227,9 +224,6 @@ def run_e2e(cfg: E2EConfig, *, stop_after: int | None = None) -> dict[str, Any]:
         if dist.main:
             logger.info("multigrid schedule:\n%s", mgrid.format_table(p.plan))
         result = train(p, cfg, dist, device, stop_after)
-    finally:
-        if owned and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
     return result | {"out": cfg.run.out}
 
 

@@ -11,6 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
+def check_cadence(eval_every: int, log_every: int, checkpoint_every: int) -> None:
+    """``run.eval_every``, ``run.log_every`` and ``run.checkpoint_every`` of a training loop, checked."""
+    if eval_every < 1 or log_every < 1 or checkpoint_every < 0:
+        raise ValueError(
+            f"need eval_every >= 1, log_every >= 1, checkpoint_every >= 0, got {eval_every}, {log_every}, "
+            f"{checkpoint_every}"
+        )
+
+
 @dataclass
 class DataConfig:
     store: str = ""  # the feature store stage one wrote (path or fsspec URL)
@@ -103,11 +112,7 @@ class RunConfig:
     checkpoint_every: int = 0  # also save last.pt every N optimizer steps (long epochs); 0 = epoch ends only
 
     def __post_init__(self) -> None:
-        if self.eval_every < 1 or self.log_every < 1 or self.checkpoint_every < 0:
-            raise ValueError(
-                f"need eval_every >= 1, log_every >= 1, checkpoint_every >= 0, got {self.eval_every}, "
-                f"{self.log_every}, {self.checkpoint_every}"
-            )
+        check_cadence(self.eval_every, self.log_every, self.checkpoint_every)
 
 
 @dataclass

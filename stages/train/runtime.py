@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,16 +36,24 @@ class Dist:
         return self.world > 1
 
 
-def setup_distributed(device: str = "auto") -> tuple[Dist, torch.device]:
-    """Join the process group when launched by ``torchrun`` (nccl on CUDA, gloo on CPU); pick the device."""
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[tuple[Dist, torch.device]]:
+    """``with distributed(cfg.run.device) as (dist, device):`` joins the process group when launched by
+    ``torchrun`` (nccl on CUDA, gloo on CPU), picks the device, and leaves the group on the way out if it
+    joined it (a caller that joined already keeps it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    owned = torch_dist.is_available() and not torch_dist.is_initialized()
     dev = pick_device(device, local)
-    if world > 1 and not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return Dist(rank, world, local), dev
+    try:
+        if world > 1 and not torch_dist.is_initialized():
+            torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        yield Dist(rank, world, local), dev
+    finally:
+        if owned and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:

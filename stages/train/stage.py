@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as torch_dist
 
 from stages.core.config import to_dict
 from stages.core.errors import ConfigError, StoreError
@@ -35,7 +34,7 @@ from stages.train.loop import (
     seed_everything,
 )
 from stages.train.recurrent import train_recurrent
-from stages.train.runtime import Dist, setup_distributed
+from stages.train.runtime import Dist, distributed
 from stages.train.steps import classify_step
 from stages.train.targets import Targets
 from store import FeatureStore
@@ -182,14 +181,8 @@ def run_train(cfg: TrainConfig, *, stop_after: int | None = None) -> dict[str, A
     Under ``torchrun`` every process calls this; the process group is joined here and left at the end.
     ``stop_after`` ends the run after that many epochs in all, as an interruption would (tests).
     """
-    owned = torch_dist.is_available() and not torch_dist.is_initialized()
-    dist, device = setup_distributed(cfg.run.device)
-    try:
-        p = prepare(cfg)
-        result = train_head(p, cfg, dist, device, stop_after)
-    finally:
-        if owned and torch_dist.is_initialized():
-            torch_dist.destroy_process_group()
+    with distributed(cfg.run.device) as (dist, device):
+        result = train_head(prepare(cfg), cfg, dist, device, stop_after)
     return result | {"out": cfg.run.out}
 
 

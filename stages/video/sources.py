@@ -255,7 +255,7 @@ def _target_columns(rec: dict, where: str) -> dict[str, str | list[str]]:
     for key, value in rec.items():
         if isinstance(key, str) and key.startswith("label:"):
             name = key[len("label:") :].strip()
-            if isinstance(value, list | dict) or isinstance(value, bool):
+            if isinstance(value, list | dict | bool):
                 raise SourceError(f"{where}: {key}={value!r}; expected one class name")
             if (text := _text(value)) is not None:
                 out[name] = text

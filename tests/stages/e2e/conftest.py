@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from stages.core.config import from_dict
 from stages.e2e.config import E2EConfig
+from tests.stages.train.conftest import one_torch_thread  # noqa: F401 - autouse here too: one torch thread
 
 
 def make_cfg(out: Path, source: Path, **sections: dict[str, Any]) -> E2EConfig:
@@ -38,12 +38,3 @@ def e2e_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("e2e_direction")
     generate(out, task="direction", videos=32, seed=0, size=32, frames=16, fps=8.0)
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster on one thread, and a busy 2-core machine makes OpenMP spin-waits very slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
